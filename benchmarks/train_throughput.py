@@ -1,0 +1,182 @@
+"""Training images/s: this project's on-device pipeline versus a DataLoader with per-sample transforms.
+
+For each model and its documented recipe (batch size, optimizer, augmentation) it times full
+training steps (forward, backward, optimizer step) fed by
+
+- ``device``: ``training.data.DeviceLoader``: the split is one uint8 tensor on the training device,
+  augmentation is batched tensor ops there (airbench style);
+- ``dataloader``: ``torch.utils.data.DataLoader`` over PIL images with per-sample transforms, in
+  worker processes, batches collated and copied to the device: the textbook pipeline. The
+  transforms are torchvision's where torchvision imports; where it cannot (its PyPI wheels need
+  a CUDA torch, so not on these CPU-only machines) the same augmentation ops of
+  ``training.augment`` run on one image at a time inside the workers, which keeps the per-sample
+  structure (decode, per-image ops, collation, IPC) that the comparison is about.
+
+    python benchmarks/train_throughput.py --data ../shared/data/cifar10-jpeg.tar.gz --device cpu
+
+writes ``benchmarks/results/train_throughput_<device>.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from training.data import DeviceLoader, channel_stats, load_cifar10
+from training.engine import build_optimizer, build_scheduler
+from training.models import create_model, list_models
+from training.recipes import HALF, RECIPES, Recipe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def torchvision_transforms(recipe: Recipe, mean, std):
+    """The recipe's augmentation as torchvision per-sample transforms, or None if unavailable."""
+    try:
+        from torchvision import transforms as T
+    except Exception:  # noqa: BLE001 - a torchvision built for another torch fails with RuntimeError
+        return None
+    a = recipe.augment
+    ops = []
+    if a.crop_padding:
+        ops.append(T.RandomCrop(32, padding=a.crop_padding, padding_mode="reflect" if a.pad_mode == "reflect"
+                                else "constant"))
+    if a.flip:
+        ops.append(T.RandomHorizontalFlip())
+    if a.rotation:
+        ops.append(T.RandomRotation(a.rotation))
+    if a.brightness or a.contrast or a.saturation or a.hue:
+        ops.append(T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue))
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    if a.cutout:
+        ops.append(T.RandomErasing(p=1.0, scale=(a.cutout**2 / 1024,) * 2, ratio=(1, 1)))
+    return T.Compose(ops)
+
+
+class PerSampleDataset(torch.utils.data.Dataset):
+    """PIL images, transformed one at a time as a torchvision-style dataset does."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, recipe: Recipe, mean, std):
+        self.images, self.labels, self.recipe = images, labels, recipe
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.transform = torchvision_transforms(recipe, mean, std)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i])
+        if self.transform is not None:
+            return self.transform(img), int(self.labels[i])
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255)[None]
+        x = self.recipe.augment.before_normalize(x)[0]
+        x = self.recipe.augment.after_normalize(((x - self.mean) / self.std)[None])[0]
+        return x, int(self.labels[i])
+
+
+def time_training(model_name: str, batches, device: torch.device, steps: int, warmup: int) -> float:
+    """Images/s of ``steps`` training steps after ``warmup`` untimed ones."""
+    recipe = RECIPES[model_name]
+    torch.manual_seed(0)
+    model = create_model(model_name).to(device).train()
+    optimizer = build_optimizer(recipe, model)
+    scheduler = build_scheduler(recipe, optimizer, steps_per_epoch=steps + warmup)
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    seen, start = 0, None
+    it = iter(batches)
+    for step in range(warmup + steps):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start, seen = time.perf_counter(), 0
+        x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        seen += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def endless(make_iter):
+    while True:
+        yield from make_iter()
+
+
+def benchmark(model_name: str, images, labels, device: torch.device, steps: int, warmup: int, workers: int) -> dict:
+    recipe = RECIPES[model_name]
+    mean, std = HALF if recipe.normalization == "half" else channel_stats(images)
+    device_loader = DeviceLoader(images, labels, recipe.batch_size, device, mean, std, recipe.augment,
+                                 shuffle=True, drop_last=True)
+    dataset = PerSampleDataset(images, labels, recipe, mean, std)
+    baseline_loader = torch.utils.data.DataLoader(
+        dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    result = {
+        "model": model_name, "batch_size": recipe.batch_size,
+        "device_pipeline_images_per_s": time_training(model_name, endless(lambda: iter(device_loader)), device,
+                                                      steps, warmup),
+        "dataloader_images_per_s": time_training(model_name, endless(lambda: iter(baseline_loader)), device,
+                                                 steps, warmup),
+        "baseline_transforms": "torchvision" if dataset.transform is not None else "per-sample training.augment",
+    }
+    result["speedup"] = result["device_pipeline_images_per_s"] / result["dataloader_images_per_s"]
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=os.environ.get("CIFAR10_DATA", "../shared/data/cifar10-jpeg.tar.gz"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--models", nargs="*", default=list_models())
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per measurement")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--images", type=int, default=10_000, help="training images held by both pipelines")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--out", help="results JSON (default: benchmarks/results/train_throughput_<device>.json)")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    data = load_cifar10(args.data)
+    images, labels = data.train_images[: args.images], data.train_labels[: args.images]
+    rows = []
+    print(f"{'model':<18}{'batch':>6}{'device img/s':>14}{'DataLoader img/s':>18}{'speedup':>9}")
+    for name in args.models:
+        r = benchmark(name, images, labels, device, args.steps, args.warmup, args.workers)
+        rows.append(r)
+        print(f"{name:<18}{r['batch_size']:>6}{r['device_pipeline_images_per_s']:>14,.0f}"
+              f"{r['dataloader_images_per_s']:>18,.0f}{r['speedup']:>9.2f}", flush=True)
+    report = {
+        "what": "training images/s (forward+backward+optimizer step), documented recipe per model",
+        "command": "python benchmarks/train_throughput.py " + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+            for k, v in vars(args).items() if v is not None and k != "out"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}",
+        "torch": str(torch.__version__), "dataloader_workers": args.workers,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "results": rows,
+    }
+    out = Path(args.out) if args.out else RESULTS / f"train_throughput_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+import sys
+
+import pytest
+import torch
+
+from training.models import UnknownModelError, count_parameters, create_model, list_models, model_info
+from training.recipes import RECIPES
+
+DOCUMENTED = {"tutorial", "tutorial_plus", "dwsep", "adaptive", "staged_baseline", "staged_attention",
+              "staged_advanced", "backbone6"}
+
+
+def test_registry_holds_every_documented_model_and_a_recipe_for_each():
+    assert set(list_models()) == DOCUMENTED
+    assert DOCUMENTED <= set(RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED))
+def test_model_builds_gives_ten_logits_and_has_the_parameter_count_its_docstring_states(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, 10)
+    assert torch.isfinite(out).all()
+    module_doc = sys.modules[type(model).__module__].__doc__
+    assert f"{count_parameters(model):,}" in module_doc, "docstring must state the real parameter count"
+    assert model_info(name).seed in module_doc  # names its seed document
+
+
+def test_weights_of_every_model_fit_a_16_mib_file():
+    for name in list_models():
+        state = create_model(name).state_dict()
+        assert sum(t.numel() * 4 for t in state.values() if t.is_floating_point()) < 16 * 2**20, name
+
+
+def test_dwsep_reproduces_the_seed_layer_list():
+    model = create_model("dwsep")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    # 6 plain convs + 3 x (depthwise + pointwise) + 1 depthwise + 1x1 head = 14 conv layers
+    assert len(convs) == 14
+    assert [c.out_channels for c in convs[:6]] == [16, 32, 64, 64, 64, 96]
+    assert [c.stride[0] for c in convs[:6]] == [1, 2, 1, 1, 1, 2]
+    depthwise = [c for c in convs if c.groups > 1]
+    assert len(depthwise) == 4 and all(c.groups == c.in_channels for c in depthwise)
+    dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.05] * 8
+
+
+def test_unknown_model_name_lists_the_known_ones():
+    with pytest.raises(UnknownModelError) as err:
+        create_model("resnet9000")
+    assert "resnet9000" in str(err.value) and "dwsep" in str(err.value)

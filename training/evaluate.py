@@ -1,0 +1,82 @@
+"""Evaluate a checkpoint on the CIFAR-10 test split: ``python -m training.evaluate CKPT --data PATH``.
+
+Prints test accuracy, per-class accuracy and the confusion matrix (rows: true class, columns:
+predicted); ``--json FILE`` also writes them, ``--plot FILE`` draws the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.data import DataError, DeviceLoader, load_cifar10
+from training.engine import evaluate
+
+
+def per_class_accuracy(confusion: list[list[int]], classes) -> dict[str, float]:
+    return {c: row[i] / max(sum(row), 1) for i, (c, row) in enumerate(zip(classes, confusion, strict=True))}
+
+
+def evaluate_checkpoint(ckpt_path: str | Path, data: str | None, device: str = "cpu",
+                        limit: int | None = None, batch_size: int = 500) -> dict:
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt).to(device)
+    cifar = load_cifar10(data)
+    images, labels = cifar.test_images[:limit], cifar.test_labels[:limit]
+    loader = DeviceLoader(images, labels, batch_size, torch.device(device), ckpt["mean"], ckpt["std"])
+    result = evaluate(model, loader, nn.CrossEntropyLoss(), torch.device(device))
+    classes = tuple(ckpt["classes"])
+    return {
+        "checkpoint": str(ckpt_path), "arch": ckpt["arch"], "epoch": ckpt["epoch"], "images": len(labels),
+        "test_accuracy": result["acc"], "test_loss": result["loss"],
+        "per_class_accuracy": per_class_accuracy(result["confusion"], classes),
+        "confusion": result["confusion"], "classes": list(classes),
+    }
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['arch']} (epoch {r['epoch']}) on {r['images']:,} test images: "
+             f"accuracy {r['test_accuracy']:.4f}, loss {r['test_loss']:.4f}", "per-class accuracy:"]
+    lines += [f"  {c:<11}{a:.4f}" for c, a in r["per_class_accuracy"].items()]
+    width = max(len(c) for c in r["classes"])
+    lines.append("confusion (rows true, columns predicted): " + " ".join(c[:4] for c in r["classes"]))
+    for c, row in zip(r["classes"], r["confusion"], strict=True):
+        lines.append(f"  {c:<{width}} " + " ".join(f"{v:>4}" for v in row))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="CIFAR-10 source (default: $CIFAR10_DATA)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--limit", type=int, help="first N test images only")
+    p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--plot", help="also draw the confusion matrix as PNG here")
+    args = p.parse_args(argv)
+    try:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise DataError("--device cuda asked for, but no CUDA device is available")
+        report = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.limit)
+    except (CheckpointError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        from training.plots import plot_confusion
+
+        plot_confusion(report["confusion"], tuple(report["classes"]), Path(args.plot),
+                       f"{report['arch']}: test confusion")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

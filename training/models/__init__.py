@@ -1,0 +1,70 @@
+"""Model registry: every documented model is a plain ``nn.Module`` registered by name.
+
+    >>> from training.models import create_model, list_models
+    >>> model = create_model("dwsep")
+
+Each model module's docstring names the seed document it comes from and lists where that
+document is ambiguous and what was chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    seed: str  # the seed document (file name under ../shared/seeds/) the model reproduces
+    builder: Callable[..., nn.Module]
+    summary: str
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; a user wants plain text
+        return self.args[0]
+
+
+def register_model(name: str, seed: str, summary: str):
+    """Class decorator adding a model to the registry under ``name``."""
+
+    def decorate(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelInfo(name, seed, cls, summary)
+        return cls
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}; choose one of: {', '.join(list_models())}"
+        ) from None
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    return model_info(name).builder(**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# Importing the modules registers their models.
+from training.models import adaptive, backbone6, dwsep, staged, tutorial  # noqa: E402,F401

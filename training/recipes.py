@@ -1,0 +1,127 @@
+"""Training recipes as data: one documented recipe per model, plus separately named variants.
+
+``RECIPES[name]`` is what ``python -m training.run --model M`` uses by default (the recipe named
+like the model); ``--recipe NAME`` picks another, and CLI flags override single fields.
+Every value a seed document gives is marked with its seed; everything else is our choice and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from training.augment import Augment
+
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the PyTorch tutorial's Normalize((0.5,)*3, (0.5,)*3)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    epochs: int
+    batch_size: int
+    optimizer: str                      # sgd | adam | adamw | rmsprop
+    lr: float                           # peak LR for onecycle
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    rmsprop_alpha: float = 0.99
+    schedule: str = "constant"          # constant | step | cosine | onecycle
+    milestones: tuple[int, ...] = ()    # step: epochs after which the LR is multiplied by gamma
+    gamma: float = 0.1
+    warmup_fraction: float = 0.3        # onecycle: share of steps spent rising to the peak LR
+    label_smoothing: float = 0.0
+    grad_accum_steps: int = 1           # mini-batches per optimizer step
+    grad_clip_value: float | None = None  # clamp every gradient element to +-value
+    normalization: str = "dataset"      # "dataset": train-set mean/std; "half": (0.5, 0.5)
+    augment: Augment = field(default_factory=Augment)
+    model_kwargs: dict = field(default_factory=dict)
+    source: str = ""                    # where the values come from
+
+    def __post_init__(self):
+        choices = {"optimizer": ("sgd", "adam", "adamw", "rmsprop"),
+                   "schedule": ("constant", "step", "cosine", "onecycle"),
+                   "normalization": ("dataset", "half")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1 or self.lr <= 0:
+            raise ValueError("epochs, batch size and accumulation steps must be >= 1 and lr > 0")
+
+    def replace(self, **changes) -> Recipe:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (tuples as lists): goes into checkpoints and metrics."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        d = dict(d)
+        d["augment"] = Augment(**d.get("augment", {}))
+        d["milestones"] = tuple(d.get("milestones", ()))
+        return cls(**d)
+
+
+_SEED4_AUGMENT = Augment(crop_padding=4, pad_mode="reflect", flip=True,
+                         brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05)
+_CROP_FLIP = Augment(crop_padding=4, pad_mode="constant", flip=True)
+
+RECIPES: dict[str, Recipe] = {
+    # Seed 003: the tutorial's SGD(lr=0.001, momentum=0.9), batch 4, Normalize((0.5,)*3, (0.5,)*3),
+    # no augmentation. The tutorial trains 2 epochs (~55%); 12 epochs is our choice to pass 60%.
+    "tutorial": Recipe(
+        model="tutorial", epochs=12, batch_size=4, optimizer="sgd", lr=0.001, momentum=0.9,
+        normalization="half", source="seed 003 (optimizer, LR, momentum, batch 4, normalization); epochs ours"),
+    # Seed 003 "Improvements": Adam instead of SGD, random flip + crop + rotation. Adam lr 1e-3
+    # (its default), batch 64, 30 epochs, cosine decay, rotation +-10 degrees are our choices.
+    "tutorial_plus": Recipe(
+        model="tutorial_plus", epochs=30, batch_size=64, optimizer="adam", lr=1e-3, schedule="cosine",
+        normalization="half", augment=Augment(crop_padding=4, flip=True, rotation=10.0),
+        source="seed 003 (Adam, flip/crop/rotation); LR, epochs, batch, rotation range, cosine ours"),
+    # Seed 001: dropout 0.05 (in the model), 50 epochs, a step of the LR schedule at epoch 10.
+    # The optimizer is not named: SGD + Nesterov momentum 0.9, lr 0.05, wd 5e-4, batch 128, and
+    # crop + flip augmentation are ours.
+    "dwsep": Recipe(
+        model="dwsep", epochs=50, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True,
+        weight_decay=5e-4, schedule="step", milestones=(10,), gamma=0.1, augment=_CROP_FLIP,
+        source="seed 001 (50 epochs, step LR at epoch 10, dropout 0.05); optimizer, LR, aug ours"),
+    # Seed 000: label smoothing cross-entropy, RMSprop with momentum, cosine annealing, gradient
+    # accumulation. Smoothing 0.1, momentum 0.9, lr 3e-4, 4 x 64 accumulation, 30 epochs, crop+flip ours.
+    "adaptive": Recipe(
+        model="adaptive", epochs=30, batch_size=64, optimizer="rmsprop", lr=3e-4, momentum=0.9,
+        rmsprop_alpha=0.9, weight_decay=1e-5, schedule="cosine", label_smoothing=0.1,
+        grad_accum_steps=4, augment=_CROP_FLIP,
+        source="seed 000 (label smoothing, RMSprop+momentum, cosine, accumulation); values ours"),
+    # Seed 002 stages 1 and 2: the basic training routine (Adam, constant LR, no augmentation).
+    "staged_baseline": Recipe(
+        model="staged_baseline", epochs=20, batch_size=128, optimizer="adam", lr=1e-3,
+        source="seed 002 stage 1 (basic routine); every value ours"),
+    "staged_attention": Recipe(
+        model="staged_attention", epochs=20, batch_size=128, optimizer="adam", lr=1e-3,
+        source="seed 002 stage 2 (architecture change only); every value ours"),
+    # Seed 002 stage 3: "data augmentation, batch normalization, dropout, and learning rate schedulers".
+    "staged_advanced": Recipe(
+        model="staged_advanced", epochs=40, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=5e-4,
+        schedule="cosine", augment=_CROP_FLIP,
+        source="seed 002 stage 3 (augmentation + LR scheduler); values ours"),
+    # Seed 004: Adam, one-cycle (max 1e-3, 30% warm-up), weight decay, gradient (value) clipping,
+    # RandomCrop(32, padding=4, reflect), flip, ColorJitter, Normalize(dataset stats). Weight decay
+    # 1e-4, clip 0.1, batch 128, 40 epochs ("beyond 30 epochs" in the text) and jitter strengths ours.
+    "backbone6": Recipe(
+        model="backbone6", epochs=40, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=1e-4,
+        schedule="onecycle", warmup_fraction=0.3, grad_clip_value=0.1, augment=_SEED4_AUGMENT,
+        source="seed 004 (Adam, one-cycle 1e-3 30%, wd, clip, crop/reflect, flip, jitter, stats)"),
+}
+
+
+def recipe_names() -> list[str]:
+    return sorted(RECIPES)
+
+
+def default_recipe(model: str) -> Recipe:
+    if model in RECIPES:
+        return RECIPES[model]
+    raise KeyError(f"no recipe for model {model!r}")
