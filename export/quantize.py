@@ -1,0 +1,132 @@
+"""``--int8``: a statically quantized copy of an exported model, kept only if it stays accurate.
+
+onnxruntime's ``quantize_static`` in QDQ format, per-channel int8 weights, uint8 activations
+calibrated (min/max) on training images. Only Conv, Gemm and MatMul are quantized: those hold the
+weights and nearly all the arithmetic, while the preprocessing at the graph's head (cast, /255,
+-mean, /std) and the softmax at its tail stay float, so the uint8 input contract and the
+probabilities keep their exact meaning. The graph is first run through ``quant_pre_process``
+(symbolic shape inference + graph optimizations such as Conv/BN fusion), as onnxruntime recommends.
+
+The int8 file is scored against the fp32 one on the same test images and timed against it on the
+same batches; it replaces nothing and is deleted unless the accuracy drop is within ``max_drop``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from export import ExportError
+from export.evaluate import predict
+from export.files import temp_path, write_bytes_atomic
+from export.images import calibration_images as draw_calibration_images
+from export.images import first_test_images
+from export.metadata import set_metadata
+from training.data import Cifar10
+
+CALIBRATION_BATCH = 64
+THROUGHPUT_BATCH = 64
+THROUGHPUT_IMAGES = 512
+
+
+class ImageReader(CalibrationDataReader):
+    """Feeds uint8 image batches to the calibrator under the graph's input name."""
+
+    def __init__(self, images: np.ndarray, batch_size: int = CALIBRATION_BATCH):
+        self.batches = iter([images[i:i + batch_size] for i in range(0, len(images), batch_size)])
+
+    def get_next(self) -> dict | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {"image": batch}
+
+
+def int8_path(fp32_path: str | os.PathLike) -> Path:
+    """``weights/x.onnx`` -> ``weights/x.int8.onnx``."""
+    p = Path(fp32_path)
+    stem = p.name[:-len(".onnx")] if p.name.endswith(".onnx") else p.name
+    return p.with_name(stem + ".int8.onnx")
+
+
+def quantize_file(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: np.ndarray) -> None:
+    """Write the int8 QDQ model for ``fp32_path`` to ``out_path`` (no checks; see ``quantize_model``)."""
+    with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(str(prepared), str(out_path), ImageReader(calibration),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+
+
+def images_per_second(session: ort.InferenceSession, images: np.ndarray, repeats: int = 3) -> float:
+    """Best of ``repeats`` timed passes over ``images`` in batches of THROUGHPUT_BATCH (after a warm-up)."""
+    session.run(["logits"], {"image": images[:THROUGHPUT_BATCH]})
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict(session, images, THROUGHPUT_BATCH)
+        best = min(best, time.perf_counter() - start)
+    return len(images) / best
+
+
+def quantize_model(fp32_path: str | os.PathLike, cifar: Cifar10, *, calibration_images: int = 512,
+                   test_images: int | None = None, max_drop: float = 0.5,
+                   log: Callable[[str], None] = print) -> dict:
+    """Write ``NAME.int8.onnx`` beside ``fp32_path`` if it loses at most ``max_drop`` accuracy points.
+
+    Returns the figures: both accuracies on the first ``test_images`` test images (all if None),
+    images/second of both on the CPU and their ratio, and whether the file was kept.
+    """
+    if calibration_images < 1:
+        raise ExportError("--calibration-images must be at least 1")
+    out = int8_path(fp32_path)
+    tmp = temp_path(out)
+    try:
+        quantize_file(fp32_path, tmp, draw_calibration_images(cifar, calibration_images))
+        images, labels = first_test_images(cifar, test_images)
+        sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                    for name, path in (("fp32", fp32_path), ("int8", tmp))}
+        accuracy = {name: float((predict(s, images) == labels).mean()) for name, s in sessions.items()}
+        timing = images[np.arange(THROUGHPUT_IMAGES) % len(images)]
+        speed = {name: images_per_second(s, timing) for name, s in sessions.items()}
+        drop_points = 100 * (accuracy["fp32"] - accuracy["int8"])
+        figures = {
+            "model": str(out),
+            "test_images": int(len(labels)),
+            "calibration_images": int(min(calibration_images, len(cifar.train_labels))),
+            "fp32_accuracy": accuracy["fp32"],
+            "int8_accuracy": accuracy["int8"],
+            "accuracy_drop_points": round(drop_points, 4),
+            "max_drop_points": max_drop,
+            "fp32_images_per_second": round(speed["fp32"], 1),
+            "int8_images_per_second": round(speed["int8"], 1),
+            "throughput_ratio": round(speed["int8"] / speed["fp32"], 3),
+            "kept": drop_points <= max_drop,
+            "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations, MinMax",
+        }
+        line = (f"int8: accuracy {100 * accuracy['int8']:.2f}% vs fp32 {100 * accuracy['fp32']:.2f}% on "
+                f"{len(labels)} test images (drop {drop_points:.2f} points), throughput x{figures['throughput_ratio']}")
+        if not figures["kept"]:
+            figures["model"] = None
+            out.unlink(missing_ok=True)  # an older int8 file would now disagree with the fp32 model beside it
+            log(f"{line}; not kept: the drop exceeds {max_drop} points")
+            return figures
+        proto = onnx.load(str(tmp))
+        meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+        meta["quantization"] = json.dumps(figures, sort_keys=True)
+        set_metadata(proto, meta)
+        write_bytes_atomic(out, proto.SerializeToString())
+        log(f"{line} -> {out}")
+        return figures
+    finally:
+        tmp.unlink(missing_ok=True)
