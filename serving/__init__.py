@@ -1,0 +1,51 @@
+"""HTTP service for the CIFAR-10 ONNX models (Flask app factory; run it with gunicorn).
+
+    gunicorn --config serving/gunicorn.conf.py 'serving:create_app()'
+
+Needs only onnxruntime, Pillow, numpy, Flask, gunicorn and prometheus_client: never torch.
+Importing this package is cheap and does not import onnxruntime (the gunicorn master imports it
+for ``serving.config``, and onnxruntime must not be loaded in a process that forks workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from serving.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["create_app", "ConfigError"]
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The WSGI app with every model in MODELS_DIR loaded, verified and warmed up.
+
+    ``config`` overrides the environment (see serving/config.py). Raises ConfigError or
+    serving.models.ModelLoadError, with a one-line message, when the service could not answer correctly.
+    """
+    from flask import Flask
+
+    from serving import api, errors, kserve, metrics, openapi, web
+    from serving.models import ModelRegistry
+
+    settings = load_config(config)
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.config.update(settings)
+    app.json.sort_keys = False
+    app.extensions["model_registry"] = ModelRegistry.load(
+        settings["MODELS_DIR"], settings["DEFAULT_MODEL"], settings["INTRA_OP_THREADS"])
+
+    errors.register_error_handlers(app)
+    metrics.init_app(app)
+    for blueprint in (api.bp, kserve.bp, openapi.bp, web.bp):
+        app.register_blueprint(blueprint)
+
+    @app.after_request
+    def _security_headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    return app

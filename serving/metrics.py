@@ -1,0 +1,88 @@
+"""Prometheus metrics, correct across gunicorn workers.
+
+Under gunicorn, ``serving/gunicorn.conf.py`` points PROMETHEUS_MULTIPROC_DIR at an emptied folder
+before any worker starts; prometheus_client then keeps every worker's values in files there, and
+``GET /metrics`` (answered by whichever worker) aggregates all of them. Without that variable
+(Flask's test client, a single process) the ordinary in-process registry is used.
+
+Labels only ever take values from a fixed set (route patterns, loaded model names, status codes),
+never raw request text, so a client cannot blow up the number of series.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+REQUESTS = Counter("cifar10_http_requests", "HTTP requests by endpoint, method, model and status",
+                   ["endpoint", "method", "model", "status"])
+REQUEST_LATENCY = Histogram("cifar10_http_request_duration_seconds", "Time to answer a request, by endpoint",
+                            ["endpoint", "model"], buckets=LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("cifar10_inference_batch_size", "Images per onnxruntime call", ["model"],
+                       buckets=BATCH_BUCKETS)
+INFERENCE_LATENCY = Histogram("cifar10_inference_duration_seconds", "onnxruntime session.run time",
+                              ["model"], buckets=LATENCY_BUCKETS)
+DECODE_LATENCY = Histogram("cifar10_image_decode_duration_seconds", "Time to turn one upload into 32x32 RGB",
+                           buckets=LATENCY_BUCKETS)
+IMAGE_ERRORS = Counter("cifar10_rejected_images", "Uploads refused, by reason", ["reason"])
+
+bp = Blueprint("metrics", __name__)
+
+
+def use_model(name: str) -> None:
+    """Label this request's metrics with a (loaded) model's name."""
+    g.metrics_model = name
+
+
+def observe_inference(model: str, batch: int, seconds: float) -> None:
+    BATCH_SIZE.labels(model).observe(batch)
+    INFERENCE_LATENCY.labels(model).observe(seconds)
+
+
+def _registry():
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def _start_timer():
+        g.metrics_start = time.perf_counter()
+
+    @app.after_request
+    def _record(response):
+        start = g.pop("metrics_start", None)
+        endpoint = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        model = g.get("metrics_model", "")
+        method = request.method if request.method in _METHODS else "OTHER"
+        REQUESTS.labels(endpoint, method, model, str(response.status_code)).inc()
+        if start is not None:
+            REQUEST_LATENCY.labels(endpoint, model).observe(time.perf_counter() - start)
+        return response
+
+
+_METHODS = {"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"}

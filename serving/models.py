@@ -1,0 +1,258 @@
+"""The ONNX model registry: every ``<name>.onnx`` in MODELS_DIR, loaded, verified and warmed up.
+
+A model file is accepted only if it meets the exporter's contract: one input ``image`` (uint8,
+[batch, 32, 32, 3], dynamic batch), an output ``probabilities`` (float32, [batch, C]) and
+metadata ``classes`` (a JSON list of C names). Anything else is a ModelLoadError whose message
+names the file and the problem, so a bad deployment fails at start-up instead of on a request.
+
+Model names are the file stems. A request's model name is only ever a key into the loaded dict,
+never part of a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+PROBABILITIES = "probabilities"
+LOGITS = "logits"
+IMAGE_SHAPE = (32, 32, 3)
+MANIFEST = "MANIFEST.json"
+
+
+class ModelLoadError(RuntimeError):
+    """The models cannot be served; the message is one line meant for the operator."""
+
+
+class UnknownModelError(KeyError):
+    def __init__(self, name: str, available: list[str]):
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        super().__init__(f"unknown model {shown!r}; loaded models: {', '.join(available)}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    sha256: str
+    file_size: int
+    classes: tuple[str, ...]
+    metadata: dict[str, str]
+    session: ort.InferenceSession = field(repr=False)
+    outputs: tuple[str, ...] = ()
+    warmed: bool = False
+
+    @property
+    def arch(self) -> str | None:
+        return self.metadata.get("arch") or None
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return _parse_accuracy(self.metadata.get("test_accuracy", ""), self.path)
+
+    def run(self, images: np.ndarray, outputs: tuple[str, ...] = (PROBABILITIES,)) -> list[np.ndarray]:
+        """``images``: uint8 [n, 32, 32, 3] RGB. Returns the requested outputs, float32 [n, C] each."""
+        return self.session.run(list(outputs), {INPUT_NAME: images})
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self.run(images)[0]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "classes": list(self.classes),
+            "test_accuracy": self.test_accuracy,
+            "sha256": self.sha256,
+            "file_size": self.file_size,
+            "opset": _int_or_none(self.metadata.get("opset")),
+            "epochs": _int_or_none(self.metadata.get("epochs")),
+            "source_checkpoint_sha256": self.metadata.get("source_checkpoint_sha256") or None,
+            "input": {"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, *IMAGE_SHAPE]},
+            "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, len(self.classes)]}
+                        for name in self.outputs],
+        }
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text and text.strip().isdigit() else None
+
+
+def _parse_accuracy(text: str, path: Path) -> float | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ModelLoadError(f"{path}: metadata test_accuracy is not a number: {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ModelLoadError(f"{path}: metadata test_accuracy must be between 0 and 1, got {text!r}")
+    return value
+
+
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads must not spin: other workers need those cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only; a load failure is reported by us, in one line
+    return options
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _dims_match(shape, expected) -> bool:
+    return len(shape) == len(expected) and all(a == b for a, b in zip(shape, expected, strict=True))
+
+
+def load_model(path: Path, intra_op_threads: int = 1) -> LoadedModel:
+    """Load, verify and warm one model file. Raises ModelLoadError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
+    if not data:
+        raise ModelLoadError(f"{path}: model file is empty")
+    try:
+        session = ort.InferenceSession(data, sess_options=session_options(intra_op_threads),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own pybind exception types for corrupt files
+        raise ModelLoadError(f"{path}: not a loadable ONNX model: {_first_line(exc)}") from None
+
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        raise ModelLoadError(f"{path}: expected one input named {INPUT_NAME!r}, "
+                             f"found {[i.name for i in inputs]}")
+    image = inputs[0]
+    if image.type != "tensor(uint8)":
+        raise ModelLoadError(f"{path}: input {INPUT_NAME!r} must be uint8, found {image.type}")
+    if len(image.shape) != 4 or isinstance(image.shape[0], int) or not _dims_match(image.shape[1:], IMAGE_SHAPE):
+        raise ModelLoadError(f"{path}: input {INPUT_NAME!r} must have shape [batch, 32, 32, 3] with a dynamic "
+                             f"batch dimension, found {image.shape}")
+    outputs = {o.name: o for o in session.get_outputs()}
+    if PROBABILITIES not in outputs:
+        raise ModelLoadError(f"{path}: no output named {PROBABILITIES!r} (outputs: {sorted(outputs)})")
+    served = tuple(name for name in (PROBABILITIES, LOGITS) if name in outputs)
+    for name in served:
+        if outputs[name].type != "tensor(float)" or len(outputs[name].shape) != 2:
+            raise ModelLoadError(f"{path}: output {name!r} must be float32 [batch, classes], "
+                                 f"found {outputs[name].type} {outputs[name].shape}")
+
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    try:
+        classes = json.loads(metadata.get("classes", ""))
+    except json.JSONDecodeError:
+        raise ModelLoadError(f"{path}: metadata 'classes' is missing or not JSON") from None
+    if (not isinstance(classes, list) or len(classes) < 2
+            or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes)):
+        raise ModelLoadError(f"{path}: metadata 'classes' must be a JSON list of distinct class names")
+    width = outputs[PROBABILITIES].shape[1]
+    if isinstance(width, int) and width != len(classes):
+        raise ModelLoadError(f"{path}: {len(classes)} class names but {width} probabilities")
+    _parse_accuracy(metadata.get("test_accuracy", ""), path)
+
+    model = LoadedModel(name=path.stem, path=path, sha256=hashlib.sha256(data).hexdigest(), file_size=len(data),
+                        classes=tuple(classes), metadata=metadata, session=session, outputs=served)
+    warm_up(model)
+    return model
+
+
+def warm_up(model: LoadedModel) -> None:
+    """Run the batch sizes a service sees (1, a few, many) once and check the answers are probabilities."""
+    rng = np.random.default_rng(0)
+    for batch in (1, 8, 1):
+        images = rng.integers(0, 256, size=(batch, *IMAGE_SHAPE), dtype=np.uint8)
+        try:
+            probs = model.probabilities(images)
+        except Exception as exc:  # a graph that loads but cannot run, e.g. an op without a CPU kernel
+            raise ModelLoadError(f"{model.path}: warm-up inference failed: {_first_line(exc)}") from None
+        if probs.shape != (batch, len(model.classes)):
+            raise ModelLoadError(f"{model.path}: warm-up produced shape {probs.shape}, "
+                                 f"expected {(batch, len(model.classes))}")
+        if not (np.all(np.isfinite(probs)) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)):
+            raise ModelLoadError(f"{model.path}: output {PROBABILITIES!r} is not a probability distribution")
+    model.warmed = True
+
+
+class ModelRegistry:
+    def __init__(self, models: dict[str, LoadedModel], default: str, models_dir: Path):
+        self.models = models
+        self.default_name = default
+        self.models_dir = models_dir
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.models)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and all(m.warmed for m in self.models.values())
+
+    def get(self, name: str | None = None) -> LoadedModel:
+        if name is None or name == "":
+            return self.models[self.default_name]
+        try:
+            return self.models[name]
+        except KeyError:
+            raise UnknownModelError(name, self.names) from None
+
+    @classmethod
+    def load(cls, models_dir: str | Path, default_model: str | None = None,
+             intra_op_threads: int = 1) -> ModelRegistry:
+        folder = Path(models_dir)
+        if not folder.is_dir():
+            raise ModelLoadError(f"MODELS_DIR {str(folder)!r} is not a directory "
+                                 f"(resolved to {folder.resolve()})")
+        files = sorted(p for p in folder.glob("*.onnx") if not p.name.startswith("."))
+        if not files:
+            raise ModelLoadError(f"no .onnx model files in MODELS_DIR {str(folder)!r}")
+        models: dict[str, LoadedModel] = {}
+        for path in files:
+            model = load_model(path, intra_op_threads)
+            models[model.name] = model
+            log.info("loaded model %s (%s, sha256 %s, test accuracy %s)", model.name, model.arch,
+                     model.sha256[:12], model.test_accuracy)
+        default = default_model or _manifest_default(folder) or sorted(models)[0]
+        if default not in models:
+            source = "DEFAULT_MODEL" if default_model else f"{MANIFEST} default_model"
+            raise ModelLoadError(f"{source} {default!r} is not among the loaded models: {', '.join(sorted(models))}")
+        for model in models.values():
+            if model.classes != models[default].classes:
+                log.warning("model %s has other classes than the default model %s", model.name, default)
+        return cls(models, default, folder)
+
+
+def _manifest_default(folder: Path) -> str | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not readable JSON: {_first_line(exc)}") from None
+    if not isinstance(manifest, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    default = manifest.get("default_model")
+    if default is not None and not (isinstance(default, str) and default):
+        raise ModelLoadError(f"{path}: default_model must be a model name, got {default!r}")
+    return default

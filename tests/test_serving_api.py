@@ -1,0 +1,405 @@
+"""Contract tests of the service with Flask's test client: /predict, /models, health, OpenAPI, metrics, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+from prometheus_client import REGISTRY
+from test_serving_support import CLASSES, ROOT, cifar_jpegs, copy_models, models_dir
+
+import serving
+from serving.models import ModelLoadError
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, fresh_checkpoint):
+    return models_dir(tmp_path_factory, fresh_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def app(weights):
+    return serving.create_app({"MODELS_DIR": str(weights), "MAX_UPLOAD_MB": 2, "MAX_IMAGE_PIXELS": 4_000_000})
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def jpegs(data_archive):
+    return cifar_jpegs(data_archive)
+
+
+def reference_probabilities(weights, model: str, images: list[bytes]) -> np.ndarray:
+    """What the model file itself says, run without the service: Pillow decode + onnxruntime."""
+    session = ort.InferenceSession(str(weights / f"{model}.onnx"), providers=["CPUExecutionProvider"])
+    batch = np.stack([np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in images])
+    return session.run(["probabilities"], {"image": batch})[0]
+
+
+def upload(client, files, query="", **fields):
+    data = {"img": files if isinstance(files, list) else [files], **fields} if files is not None else fields
+    return client.post("/predict" + query, data=data, content_type="multipart/form-data")
+
+
+def as_file(data: bytes, name: str = "cat.jpg"):
+    return (io.BytesIO(data), name)
+
+
+def assert_error(response, status: int, pattern: str):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json
+    body = response.get_json()
+    assert set(body) == {"error"} and body["error"]["code"] == status
+    assert re.search(pattern, body["error"]["message"]), body["error"]["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_predict_answers_sorted_top5_matching_the_model_file(client, weights, jpegs):
+    label, name, data = jpegs[3]
+    response = upload(client, as_file(data, name))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["model"] == "dwsep" and body["filename"] == name
+    predictions = body["predictions"]
+    assert len(predictions) == 5
+    probs = [p["probability"] for p in predictions]
+    assert probs == sorted(probs, reverse=True)
+    assert all(CLASSES[p["index"]] == p["label"] for p in predictions)
+    expected = reference_probabilities(weights, "dwsep", [data])[0]
+    assert [p["index"] for p in predictions] == list(np.argsort(-expected, kind="stable")[:5])
+    np.testing.assert_allclose(probs, np.sort(expected)[::-1][:5], rtol=1e-6)
+
+
+def test_topk_from_query_or_form_and_all_ten_sum_to_one(client, jpegs):
+    data = jpegs[0][2]
+    assert len(upload(client, as_file(data), "?topk=2").get_json()["predictions"]) == 2
+    assert len(upload(client, as_file(data), topk="7").get_json()["predictions"]) == 7
+    everything = upload(client, as_file(data), "?topk=10").get_json()["predictions"]
+    assert sorted(p["label"] for p in everything) == sorted(CLASSES)
+    assert abs(sum(p["probability"] for p in everything) - 1) < 1e-5
+
+
+def test_model_is_chosen_from_query_or_form(client, weights, jpegs):
+    data = jpegs[5][2]
+    expected = reference_probabilities(weights, "tutorial", [data])[0]
+    for response in (upload(client, as_file(data), "?model=tutorial&topk=10"),
+                     upload(client, as_file(data), model="tutorial", topk="10")):
+        body = response.get_json()
+        assert body["model"] == "tutorial"
+        got = {p["index"]: p["probability"] for p in body["predictions"]}
+        np.testing.assert_allclose([got[i] for i in range(10)], expected, rtol=1e-6)
+
+
+def test_several_images_are_one_batch_answered_in_order(client, weights, jpegs):
+    chosen = jpegs[:6]
+    before = REGISTRY.get_sample_value("cifar10_inference_batch_size_count", {"model": "dwsep"}) or 0
+    sum_before = REGISTRY.get_sample_value("cifar10_inference_batch_size_sum", {"model": "dwsep"}) or 0
+    response = upload(client, [as_file(data, name) for _, name, data in chosen], "?topk=3")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["model"] == "dwsep"
+    assert [r["filename"] for r in body["results"]] == [name for _, name, _ in chosen]
+    # one onnxruntime call for the six images
+    assert REGISTRY.get_sample_value("cifar10_inference_batch_size_count", {"model": "dwsep"}) == before + 1
+    assert REGISTRY.get_sample_value("cifar10_inference_batch_size_sum", {"model": "dwsep"}) == sum_before + 6
+    for (_, name, data), result in zip(chosen, body["results"], strict=True):
+        single = upload(client, as_file(data, name), "?topk=3").get_json()
+        assert result["predictions"] == single["predictions"]
+
+
+@pytest.mark.parametrize("content_type, fmt", [("image/png", "PNG"), ("image/jpeg", "JPEG"), ("image/webp", "WEBP")])
+def test_a_raw_image_body_works(client, jpegs, content_type, fmt):
+    pixels = Image.open(io.BytesIO(jpegs[1][2]))
+    out = io.BytesIO()
+    pixels.save(out, fmt)
+    raw = client.post("/predict?topk=3", data=out.getvalue(), content_type=content_type)
+    assert raw.status_code == 200
+    multipart = upload(client, as_file(out.getvalue(), "x"), "?topk=3")
+    assert raw.get_json()["predictions"] == multipart.get_json()["predictions"]
+    assert raw.get_json()["filename"] is None
+
+
+def test_a_large_phone_photo_with_exif_rotation_is_classified(client):
+    photo = Image.new("RGB", (1200, 900), (30, 90, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    out = io.BytesIO()
+    photo.save(out, "JPEG", quality=90, exif=exif)
+    response = upload(client, as_file(out.getvalue(), "IMG_0001.JPG"))
+    assert response.status_code == 200 and len(response.get_json()["predictions"]) == 5
+
+
+def _png(size=(40, 40), mode="RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size).save(out, "PNG")
+    return out.getvalue()
+
+
+def _noise(fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((200, 200), 60).convert("RGB").save(out, fmt)
+    return out.getvalue()
+
+
+BAD_UPLOADS = [
+    pytest.param(lambda c: c.post("/predict", data={"file": as_file(_png())}, content_type="multipart/form-data"),
+                 400, r"no file in multipart field 'img' \(the request has fields: file\)", id="wrong-field-name"),
+    pytest.param(lambda c: c.post("/predict", data={"topk": "3"}, content_type="multipart/form-data"),
+                 400, "no file in multipart field 'img'", id="no-file-part"),
+    pytest.param(lambda c: upload(c, as_file(b"", "empty.png")), 400, "'empty.png': the file is empty",
+                 id="empty-file"),
+    pytest.param(lambda c: c.post("/predict", data=b"", content_type="image/png"), 400, "empty", id="empty-raw-body"),
+    pytest.param(lambda c: upload(c, as_file(b"just some text, not pixels\n" * 10, "fake.gif")), 400, "not an image",
+                 id="not-an-image"),
+    pytest.param(lambda c: upload(c, as_file(_noise("PNG")[:-3000], "cut.png")), 400, "truncated|corrupt",
+                 id="truncated-png"),
+    pytest.param(lambda c: upload(c, as_file(_noise("JPEG")[:-1500], "cut.jpg")), 400, "truncated|corrupt",
+                 id="truncated-jpeg"),
+    pytest.param(lambda c: upload(c, as_file(b"\0" * (2 * 1024 * 1024 + 1), "big.png")), 413,
+                 "larger than the 2 MB limit", id="body-over-limit"),
+    pytest.param(lambda c: c.post("/predict", data=b"\0" * (3 * 1024 * 1024), content_type="image/png"), 413,
+                 "larger than the 2 MB limit", id="raw-body-over-limit"),
+    pytest.param(lambda c: upload(c, as_file(_png((5000, 5000), "1"), "bomb.png")), 413,
+                 "5000x5000 = 25,000,000 pixels.*refused before decoding", id="decompression-bomb"),
+    pytest.param(lambda c: upload(c, as_file(_png()), "?topk=0"), 400, "topk must be an integer from 1 to 10, got '0'",
+                 id="topk-0"),
+    pytest.param(lambda c: upload(c, as_file(_png()), "?topk=11"), 400, "got '11'", id="topk-11"),
+    pytest.param(lambda c: upload(c, as_file(_png()), "?topk=-1"), 400, "got '-1'", id="topk-minus-1"),
+    pytest.param(lambda c: upload(c, as_file(_png()), "?topk=abc"), 400, "got 'abc'", id="topk-abc"),
+    pytest.param(lambda c: upload(c, as_file(_png()), topk="2.5"), 400, "got '2.5'", id="topk-form-float"),
+    pytest.param(lambda c: upload(c, as_file(_png()), "?model=resnet"), 404,
+                 "unknown model 'resnet'; loaded models: dwsep, tutorial", id="unknown-model"),
+    pytest.param(lambda c: upload(c, as_file(_png()), "?model=../weights/dwsep"), 404, "unknown model '../weights",
+                 id="path-traversal"),
+    pytest.param(lambda c: upload(c, as_file(_png()), "?model=dwsep.onnx"), 404, "unknown model", id="model-file-name"),
+    pytest.param(lambda c: c.post("/predict", data=b'{"img": "x"}', content_type="application/json"), 415,
+                 "unsupported content type 'application/json'", id="json-body"),
+    pytest.param(lambda c: c.post("/predict", data=_png()), 415, "unsupported content type 'none'",
+                 id="no-content-type"),
+    pytest.param(lambda c: c.post("/predict", data="img=abc", content_type="application/x-www-form-urlencoded"), 415,
+                 "unsupported content type", id="urlencoded-form"),
+    pytest.param(lambda c: c.post("/predict", data=b"--x\r\nContent-Disposition: form-data; name=\"img\"\r\n\r\nab",
+                                  content_type="multipart/form-data; boundary=x"), 400,
+                 "malformed multipart body: .*closing boundary is missing", id="truncated-multipart"),
+    pytest.param(lambda c: c.post("/predict", data=b"whatever", content_type="multipart/form-data"), 400,
+                 "malformed multipart body: .*no boundary", id="multipart-without-boundary"),
+    pytest.param(lambda c: c.post("/predict", data=b"whatever", content_type="multipart/form-data; boundary=zz"), 400,
+                 "malformed multipart body", id="multipart-garbage"),
+    pytest.param(lambda c: c.get("/predict"), 405, "method GET is not allowed on /predict; use POST", id="get-predict"),
+    pytest.param(lambda c: c.get("/nowhere"), 404, "no endpoint at '/nowhere'", id="unknown-path"),
+]
+
+
+@pytest.mark.parametrize("send, status, message", BAD_UPLOADS)
+def test_bad_input_is_a_4xx_json_error_naming_the_problem(client, send, status, message):
+    assert_error(send(client), status, message)
+
+
+def test_a_bad_part_among_several_is_named(client, jpegs):
+    response = upload(client, [as_file(jpegs[0][2], "good.jpg"), as_file(b"nope" * 50, "bad.png")])
+    assert_error(response, 400, "img part 2 'bad.png': not an image")
+
+
+def test_too_many_images_in_one_request(weights, jpegs):
+    small = serving.create_app({"MODELS_DIR": str(weights), "MAX_BATCH": 3})
+    response = upload(small.test_client(), [as_file(jpegs[0][2])] * 4)
+    assert_error(response, 413, "4 images in one request; at most 3")
+
+
+def test_an_unexpected_failure_is_a_generic_500_without_details(app, client, jpegs, monkeypatch, caplog):
+    model = app.extensions["model_registry"].get("dwsep")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(model, "run", broken)
+    response = upload(client, as_file(jpegs[0][2]))
+    assert_error(response, 500, "internal server error")
+    assert "secret" not in response.get_data(as_text=True)
+    assert "secret internal detail" in caplog.text
+
+
+def test_models_lists_names_classes_accuracy_and_file_hashes(client, weights):
+    body = client.get("/models").get_json()
+    assert body["default_model"] == "dwsep"
+    by_name = {m["name"]: m for m in body["models"]}
+    assert set(by_name) == {"dwsep", "tutorial"}
+    for name, info in by_name.items():
+        assert info["classes"] == list(CLASSES)
+        assert info["sha256"] == hashlib.sha256((weights / f"{name}.onnx").read_bytes()).hexdigest()
+        assert info["arch"] == name and info["test_accuracy"] is None  # fresh checkpoints were never tested
+        assert info["default"] == (name == "dwsep")
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["models"] == ["dwsep", "tutorial"]
+
+
+def test_openapi_describes_every_endpoint(app, client):
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert method.lower() in spec["paths"].get(path, {}), f"{method} {path} missing from /openapi.json"
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            assert "200" in operation["responses"], path
+
+
+def test_metrics_count_requests_by_endpoint_model_and_status(client, jpegs):
+    def count(status, model="dwsep"):
+        labels = {"endpoint": "/predict", "method": "POST", "model": model, "status": status}
+        return REGISTRY.get_sample_value("cifar10_http_requests_total", labels) or 0
+
+    ok, bad, unknown = count("200"), count("400"), count("404", "")
+    upload(client, as_file(jpegs[0][2]))
+    upload(client, as_file(jpegs[0][2]), "?topk=0")
+    upload(client, as_file(jpegs[0][2]), "?model=nope")
+    assert (count("200"), count("400"), count("404", "")) == (ok + 1, bad + 1, unknown + 1)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'cifar10_http_request_duration_seconds_bucket{endpoint="/predict",le="0.1",model="dwsep"}' in text
+    assert 'cifar10_inference_batch_size_bucket{le="1.0",model="dwsep"}' in text
+    assert "nope" not in text  # label values never come from the request
+
+
+def test_web_page_and_its_assets_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
+        assert client.get(asset).status_code == 200, asset
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+
+
+# --- start-up: a service that cannot answer correctly must not start -------------------------------------------
+
+
+def _with_metadata(source, target, **changes):
+    import onnx
+
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key in changes:
+            prop.value = changes[prop.key]
+    onnx.save(model, str(target))
+
+
+def test_startup_fails_clearly_on_a_missing_models_dir(tmp_path):
+    with pytest.raises(ModelLoadError, match="MODELS_DIR .*nothing-here.* is not a directory"):
+        serving.create_app({"MODELS_DIR": str(tmp_path / "nothing-here")})
+
+
+def test_startup_fails_clearly_without_onnx_files(tmp_path):
+    (tmp_path / "README.txt").write_text("no models")
+    with pytest.raises(ModelLoadError, match="no .onnx model files"):
+        serving.create_app({"MODELS_DIR": str(tmp_path)})
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "model file is empty"),
+    (b"this is not protobuf" * 10, "not a loadable ONNX model"),
+])
+def test_startup_fails_clearly_on_a_corrupt_model(weights, tmp_path, content, message):
+    copy_models(weights, tmp_path)
+    (tmp_path / "broken.onnx").write_bytes(content)
+    with pytest.raises(ModelLoadError, match=f"broken.onnx: {message}"):
+        serving.create_app({"MODELS_DIR": str(tmp_path)})
+
+
+def test_startup_fails_clearly_on_a_truncated_model(weights, tmp_path):
+    data = (weights / "dwsep.onnx").read_bytes()
+    (tmp_path / "dwsep.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="dwsep.onnx: not a loadable ONNX model"):
+        serving.create_app({"MODELS_DIR": str(tmp_path)})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"classes": "airplane,automobile"}, "metadata 'classes' is missing or not JSON"),
+    ({"classes": json.dumps(list(CLASSES[:9]))}, "9 class names but 10 probabilities"),
+    ({"test_accuracy": "high"}, "metadata test_accuracy is not a number: 'high'"),
+])
+def test_startup_fails_clearly_on_bad_metadata(weights, tmp_path, changes, message):
+    _with_metadata(weights / "tutorial.onnx", tmp_path / "tutorial.onnx", **changes)
+    with pytest.raises(ModelLoadError, match=f"tutorial.onnx: {message}"):
+        serving.create_app({"MODELS_DIR": str(tmp_path)})
+
+
+def test_startup_fails_clearly_on_a_model_with_another_contract(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Cast", ["pixels"], ["probabilities"], to=TensorProto.FLOAT)], "g",
+                              [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["n", 10])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 10])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    with pytest.raises(ModelLoadError, match="other.onnx: expected one input named 'image', found \\['pixels'\\]"):
+        serving.create_app({"MODELS_DIR": str(tmp_path)})
+
+
+def test_default_model_resolution(weights, tmp_path):
+    folder = copy_models(weights, tmp_path / "a")
+    (folder / "MANIFEST.json").write_text(json.dumps({"default_model": "tutorial", "models": {}}))
+    assert serving.create_app({"MODELS_DIR": str(folder)}).extensions["model_registry"].default_name == "tutorial"
+    registry = serving.create_app({"MODELS_DIR": str(folder), "DEFAULT_MODEL": "dwsep"}).extensions["model_registry"]
+    assert registry.default_name == "dwsep"  # DEFAULT_MODEL wins over the manifest
+    bare = copy_models(weights, tmp_path / "b", names=("tutorial",), manifest=False)
+    assert serving.create_app({"MODELS_DIR": str(bare)}).extensions["model_registry"].default_name == "tutorial"
+
+
+def test_startup_fails_clearly_on_an_unknown_default_model(weights, tmp_path):
+    folder = copy_models(weights, tmp_path)
+    with pytest.raises(ModelLoadError, match="DEFAULT_MODEL 'resnet' is not among the loaded models: dwsep, tutorial"):
+        serving.create_app({"MODELS_DIR": str(folder), "DEFAULT_MODEL": "resnet"})
+    (folder / "MANIFEST.json").write_text(json.dumps({"default_model": "gone"}))
+    with pytest.raises(ModelLoadError, match="MANIFEST.json default_model 'gone' is not among the loaded models"):
+        serving.create_app({"MODELS_DIR": str(folder)})
+    (folder / "MANIFEST.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="MANIFEST.json: not readable JSON"):
+        serving.create_app({"MODELS_DIR": str(folder)})
+
+
+@pytest.mark.parametrize("setting, value", [("MAX_UPLOAD_MB", "lots"), ("MAX_IMAGE_PIXELS", "0"), ("MAX_BATCH", "-2")])
+def test_bad_settings_are_refused(weights, setting, value):
+    with pytest.raises(serving.ConfigError, match=f"{setting} must be a positive"):
+        serving.create_app({"MODELS_DIR": str(weights), setting: value})
+
+
+def test_the_service_never_imports_torch(weights, jpegs, tmp_path):
+    """Run the service in a fresh interpreter where importing torch or torchvision fails."""
+    (tmp_path / "cat.jpg").write_bytes(jpegs[3][2])
+    script = f"""
+import importlib.abc, io, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ImportError("the service must not import " + name)
+sys.meta_path.insert(0, NoTorch())
+import serving
+app = serving.create_app({{"MODELS_DIR": {str(weights)!r}}})
+client = app.test_client()
+data = open({str(tmp_path / "cat.jpg")!r}, "rb").read()
+r = client.post("/predict", data={{"img": (io.BytesIO(data), "cat.jpg")}}, content_type="multipart/form-data")
+assert r.status_code == 200, r.get_data()
+for path in ("/v2/models/dwsep", "/models", "/metrics", "/openapi.json", "/"):
+    assert client.get(path).status_code == 200, path
+assert not any(m.split(".")[0] in ("torch", "torchvision") for m in sys.modules)
+print("ok", r.get_json()["predictions"][0]["label"])
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok ")

@@ -1,0 +1,163 @@
+"""Open Inference Protocol (KServe v2) endpoints with Flask's test client (tritonclient runs in the gunicorn tests)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from test_serving_support import models_dir
+
+import serving
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, fresh_checkpoint):
+    return models_dir(tmp_path_factory, fresh_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def client(weights):
+    return serving.create_app({"MODELS_DIR": str(weights), "MAX_BATCH": 8, "MAX_UPLOAD_MB": 1}).test_client()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+
+
+def reference(weights, model: str, images: np.ndarray, output: str = "probabilities") -> np.ndarray:
+    session = ort.InferenceSession(str(weights / f"{model}.onnx"), providers=["CPUExecutionProvider"])
+    return session.run([output], {"image": images})[0]
+
+
+def infer_body(images: np.ndarray, **extra) -> dict:
+    return {"inputs": [{"name": "image", "datatype": "UINT8", "shape": list(images.shape),
+                        "data": images.ravel().tolist()}], **extra}
+
+
+def assert_v2_error(response, status: int, pattern: str):
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"error"} and isinstance(body["error"], str)  # the protocol's error shape
+    assert pattern in body["error"], body["error"]
+
+
+def test_health_and_server_metadata(client):
+    assert client.get("/v2/health/live").get_json() == {"live": True}
+    assert client.get("/v2/health/ready").get_json() == {"ready": True}
+    server = client.get("/v2").get_json()
+    assert server["name"] == "cifar10-classifier" and "binary_tensor_data" in server["extensions"]
+
+
+def test_model_metadata_and_readiness(client):
+    meta = client.get("/v2/models/dwsep").get_json()
+    assert meta["name"] == "dwsep" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
+    assert {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]} in meta["outputs"]
+    assert client.get("/v2/models/tutorial/versions/1").get_json()["name"] == "tutorial"
+    assert client.get("/v2/models/dwsep/ready").get_json() == {"name": "dwsep", "ready": True}
+
+
+def test_infer_with_json_data(client, weights, images):
+    response = client.post("/v2/models/dwsep/infer", json=infer_body(images, id="req-1"))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["model_name"] == "dwsep" and body["id"] == "req-1"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["probabilities"]["datatype"] == "FP32" and outputs["probabilities"]["shape"] == [3, 10]
+    got = np.array(outputs["probabilities"]["data"], dtype=np.float32).reshape(3, 10)
+    np.testing.assert_array_equal(got, reference(weights, "dwsep", images))
+    np.testing.assert_array_equal(np.array(outputs["logits"]["data"], np.float32).reshape(3, 10),
+                                  reference(weights, "dwsep", images, "logits"))
+
+
+def test_infer_with_nested_data_and_one_requested_output(client, weights, images):
+    body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": images[:1].tolist()}],
+            "outputs": [{"name": "probabilities"}]}
+    response = client.post("/v2/models/tutorial/versions/1/infer", json=body)
+    outputs = response.get_json()["outputs"]
+    assert [o["name"] for o in outputs] == ["probabilities"]
+    expected = reference(weights, "tutorial", images[:1])[0]
+    np.testing.assert_array_equal(np.array(outputs[0]["data"], np.float32), expected)
+
+
+def test_infer_with_the_binary_tensor_extension(client, weights, images):
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [3, 32, 32, 3],
+                                     "parameters": {"binary_data_size": images.nbytes}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    response = client.post("/v2/models/dwsep/infer", data=header + images.tobytes(),
+                           content_type="application/octet-stream",
+                           headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 200
+    length = int(response.headers["Inference-Header-Content-Length"])
+    meta = json.loads(response.data[:length])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 3 * 10 * 4
+    got = np.frombuffer(response.data[length:], dtype="<f4").reshape(3, 10)
+    np.testing.assert_array_equal(got, reference(weights, "dwsep", images))
+
+
+def _tensor(**changes):
+    tensor = {"name": "image", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}
+    tensor.update(changes)
+    return {"inputs": [tensor]}
+
+
+@pytest.mark.parametrize("body, status, message", [
+    pytest.param(_tensor(shape=[1, 3, 32, 32]), 400, "must have shape [n, 32, 32, 3]", id="channels-first"),
+    pytest.param(_tensor(shape=[32, 32, 3]), 400, "must have shape [n, 32, 32, 3]", id="no-batch-dim"),
+    pytest.param(_tensor(shape=[0, 32, 32, 3], data=[]), 400, "with n >= 1", id="empty-batch"),
+    pytest.param(_tensor(shape=[9, 32, 32, 3]), 413, "batch of 9 images; at most 8", id="batch-too-large"),
+    pytest.param(_tensor(datatype="FP32"), 400, "must have datatype UINT8, got 'FP32'", id="wrong-dtype"),
+    pytest.param(_tensor(data=[0] * 3071), 400, "needs 3072 values, 'data' has 3071", id="too-short"),
+    pytest.param(_tensor(data=[0] * 3073), 400, "needs 3072 values, 'data' has 3073", id="too-long"),
+    pytest.param(_tensor(data=[0.5] * 3072), 400, "integers from 0 to 255", id="float-values"),
+    pytest.param(_tensor(data=[256] * 3072), 400, "integers from 0 to 255", id="out-of-range"),
+    pytest.param(_tensor(data=["a"] * 3072), 400, "integers from 0 to 255", id="strings"),
+    pytest.param(_tensor(data=[[0] * 3000, [0] * 72]), 400, "ragged", id="ragged"),
+    pytest.param(_tensor(name="input_1"), 400, "unknown input 'input_1'", id="wrong-input-name"),
+    pytest.param({"inputs": []}, 400, "exactly one tensor", id="no-inputs"),
+    pytest.param({"input": []}, 400, "exactly one tensor", id="misspelt-inputs"),
+    pytest.param([1, 2, 3], 400, "must be a JSON object", id="json-list"),
+    pytest.param({**_tensor(), "outputs": [{"name": "features"}]}, 400, "unknown output 'features'", id="bad-output"),
+])
+def test_bad_infer_requests(client, body, status, message):
+    assert_v2_error(client.post("/v2/models/dwsep/infer", json=body), status, message)
+
+
+def test_bad_infer_bodies_and_names(client):
+    assert_v2_error(client.post("/v2/models/dwsep/infer", data=b"{not json", content_type="application/json"),
+                    400, "not valid JSON")
+    assert_v2_error(client.post("/v2/models/dwsep/infer", data=b"", content_type="application/json"), 400, "empty")
+    assert_v2_error(client.post("/v2/models/dwsep/infer", data=b"x", content_type="image/png"), 415,
+                    "unsupported content type 'image/png'")
+    assert_v2_error(client.post("/v2/models/resnet/infer", json=_tensor()), 404, "unknown model 'resnet'")
+    assert_v2_error(client.post("/v2/models/dwsep/versions/2/infer", json=_tensor()), 404, "no version '2'")
+    assert_v2_error(client.get("/v2/models/..%2Fweights%2Fdwsep"), 404, "no endpoint at '/v2/models/../weights/dwsep'")
+    assert_v2_error(client.get("/v2/models/dwsep.onnx"), 404, "unknown model 'dwsep.onnx'")
+    assert_v2_error(client.post("/v2/models/dwsep/infer", json={"inputs": [{"name": "image", "datatype": "UINT8",
+                                                                             "shape": [1, 32, 32, 3]}]}),
+                    400, "has no 'data'")
+    assert_v2_error(client.get("/v2/models/dwsep/infer"), 405, "method GET is not allowed")
+    assert_v2_error(client.post("/v2/models/dwsep/infer", json=_tensor(data=[0] * 700_000)), 413,
+                    "larger than the 1 MB limit")
+
+
+@pytest.mark.parametrize("declared, payload, message", [
+    ("abc", b"", "Inference-Header-Content-Length must be"),
+    ("999999", b"", "Inference-Header-Content-Length must be"),
+    (None, b"\0" * 3072, "no input declares binary_data_size"),
+    ("auto", b"\0" * 3000, "binary data must be exactly 3072 bytes"),
+])
+def test_bad_binary_requests(client, declared, payload, message):
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                                     "parameters": {"binary_data_size": 3072}}]}).encode()
+    if declared is None:
+        header = json.dumps(_tensor()).encode()
+        declared = str(len(header))
+    elif declared == "auto":
+        declared = str(len(header))
+    response = client.post("/v2/models/dwsep/infer", data=header + payload, content_type="application/octet-stream",
+                           headers={"Inference-Header-Content-Length": declared})
+    assert_v2_error(response, 400, message)

@@ -1,0 +1,149 @@
+"""Helpers shared by the tests/test_serving_*.py modules (this module holds no tests itself).
+
+- ``models_dir``: ``tutorial`` and ``dwsep`` exported once per session by the real exporter
+  (``export.onnx.export_checkpoint``) from the ``fresh_checkpoint`` fixture, with a MANIFEST.json.
+- ``cifar_jpegs``: real CIFAR-10 test JPEG files (bytes as stored in the archive), a few per class.
+- ``Gunicorn``: the service started as ``make serve`` starts it, on a free loopback port, stopped
+  (process group and all) at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DEFAULT = "dwsep"
+
+_cache: dict[str, object] = {}
+
+
+def models_dir(tmp_path_factory, fresh_checkpoint) -> Path:
+    """A read-only folder with tutorial.onnx, dwsep.onnx and MANIFEST.json (default dwsep); made once."""
+    if "models" not in _cache:
+        from export.onnx import export_checkpoint
+
+        folder = tmp_path_factory.mktemp("serving-weights")
+        for arch in ("tutorial", "dwsep"):
+            export_checkpoint(fresh_checkpoint(arch), folder / f"{arch}.onnx", parity_images=32, log=lambda _: None)
+        (folder / "MANIFEST.json").write_text(json.dumps({"default_model": DEFAULT, "models": {
+            "tutorial": {"file": "tutorial.onnx"}, "dwsep": {"file": "dwsep.onnx"}}}))
+        _cache["models"] = folder
+    return _cache["models"]
+
+
+def copy_models(source: Path, target: Path, names=("tutorial", "dwsep"), manifest: bool = True) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(source / f"{name}.onnx", target / f"{name}.onnx")
+    if manifest:
+        shutil.copy(source / "MANIFEST.json", target / "MANIFEST.json")
+    return target
+
+
+def cifar_jpegs(archive: Path, per_class: int = 2) -> list[tuple[int, str, bytes]]:
+    """[(label index, file name, JPEG bytes)], ``per_class`` test images of every class, classes interleaved."""
+    key = f"jpegs-{archive}-{per_class}"
+    if key not in _cache:
+        found: dict[str, list[tuple[str, bytes]]] = {c: [] for c in CLASSES}
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if len(parts) == 3 and parts[0] == "test" and parts[1] in found and member.isfile():
+                    if len(found[parts[1]]) < per_class:
+                        found[parts[1]].append((f"{parts[1]}-{parts[2]}", tar.extractfile(member).read()))
+        _cache[key] = [(CLASSES.index(c), *found[c][i]) for i in range(per_class) for c in CLASSES]
+    return _cache[key]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_pids(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` (gunicorn's workers), from /proc."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.add(int(entry.name))
+    return children
+
+
+class Gunicorn:
+    """``gunicorn --config serving/gunicorn.conf.py 'serving:create_app()'`` from the repository root."""
+
+    def __init__(self, log_path: Path, port: int | None = None, **env: str):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        self.env = {**inherited, "HOST": "127.0.0.1", "PORT": str(self.port), **env}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Gunicorn:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen([str(GUNICORN), "--config", "serving/gunicorn.conf.py", "serving:create_app()"],
+                                     cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> Gunicorn:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"gunicorn not ready after {timeout} s:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def workers(self) -> set[int]:
+        return child_pids(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            try:  # any worker left behind by a master that died (the group is this server's own session)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
