@@ -6,8 +6,10 @@
    port and measures the time from launching it to the first successful ``POST /predict``.
 2. For 1, 4 and 16 concurrent clients, sends single-image multipart ``POST /predict`` requests for
    ``--duration`` seconds (after ``--warmup`` seconds that are not counted) and records requests/s
-   and p50/p95/p99 latency. Each client is its own process with a minimal HTTP/1.1 client, so the
-   load generator itself takes as little CPU as Python allows (it shares the machine's cores).
+   and p50/p95/p99 latency. The load comes from ``wrk`` (Debian package ``wrk``) when it is
+   installed: a C client on one epoll thread, which leaves most of the shared cores to the service;
+   otherwise (or with ``--client python``) each client is its own process with a minimal HTTP/1.1
+   client.
 3. Stops the service and runs the bare loop: one process per usable core, each decoding, resizing
    (``serving.images.decode``, the service's own preprocessing) and classifying one image per
    ``session.run`` with one onnxruntime thread, with no HTTP at all.
@@ -26,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,6 +180,69 @@ def run_level(port: int, requests: list[bytes], concurrency: int, warmup: float,
     }
 
 
+WRK_SCRIPT = r"""
+-- Cycles through the request bodies written by serve_load.py; reports latencies as JSON.
+local bodies, headers, n = {}, {}, 0
+function init(args)
+  local dir = args[1]
+  local count = tonumber(args[2])
+  for i = 0, count - 1 do
+    local f = assert(io.open(dir .. "/body-" .. i, "rb"))
+    bodies[i] = f:read("*a")
+    f:close()
+  end
+  headers["Content-Type"] = "multipart/form-data; boundary=" .. args[3]
+  n = math.random(0, count - 1)
+end
+function request()
+  n = (n + 1) % #bodies
+  return wrk.format("POST", "/predict", headers, bodies[n])
+end
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+                 + summary.errors.status + summary.errors.timeout
+  io.write(string.format('WRK-JSON {"requests": %d, "errors": %d, "seconds": %f, "p50": %f, "p95": %f, '
+    .. '"p99": %f, "mean": %f}\n', summary.requests, errors, summary.duration / 1e6,
+    latency:percentile(50) / 1e3, latency:percentile(95) / 1e3, latency:percentile(99) / 1e3, latency.mean / 1e3))
+end
+"""
+WRK_BOUNDARY = "serve-load-wrk-boundary-7f3a9c"
+
+
+def run_level_wrk(port: int, images: list[bytes], concurrency: int, warmup: float, duration: float) -> dict:
+    """The same load from wrk (C, one thread, epoll): the client takes far less of the shared CPU."""
+    folder = Path(tempfile.mkdtemp(prefix="serve-load-wrk-"))
+    for i, data in enumerate(images):
+        (folder / f"body-{i}").write_bytes(
+            (f"--{WRK_BOUNDARY}\r\nContent-Disposition: form-data; name=\"img\"; filename=\"test-{i}.jpg\"\r\n"
+             f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{WRK_BOUNDARY}--\r\n".encode())
+    (folder / "load.lua").write_text(WRK_SCRIPT)
+    url = f"http://127.0.0.1:{port}"
+
+    def wrk(seconds: float) -> dict:
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                              "-s", str(folder / "load.lua"), url, "--", str(folder), str(len(images)), WRK_BOUNDARY],
+                             capture_output=True, text=True, timeout=seconds + 60)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("WRK-JSON ")), None)
+        if out.returncode != 0 or line is None:
+            raise SystemExit(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+        return json.loads(line[len("WRK-JSON "):])
+
+    if warmup:
+        wrk(warmup)
+    load_before = os.getloadavg()[0]
+    r = wrk(duration)
+    return {
+        "concurrency": concurrency,
+        "requests": r["requests"],
+        "errors": r["errors"],
+        "requests_per_s": round(r["requests"] / r["seconds"], 1),
+        "latency_ms": {"p50": round(r["p50"], 2), "p95": round(r["p95"], 2), "p99": round(r["p99"], 2)},
+        "mean_latency_ms": round(r["mean"], 2),
+        "loadavg_1m_before": round(load_before, 2),
+    }
+
+
 def _bare_worker(model_path: str, images: list[bytes], offset: int, start: float, stop: float,
                  max_pixels: int, results) -> None:
     import numpy as np
@@ -278,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-class", help="gunicorn worker class (default: the service's default)")
     parser.add_argument("--threads", type=int, help="threads per gunicorn worker (gthread)")
     parser.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session run in the service")
+    parser.add_argument("--client", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python",
+                        help="load generator: wrk (Debian package wrk; default when installed) or Python processes")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
     args = parser.parse_args(argv)
 
@@ -305,7 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"first prediction {first_prediction_s:.2f} s after launch; model {model}", flush=True)
         levels = []
         for concurrency in args.concurrency:
-            level = run_level(port, requests, concurrency, args.warmup, args.duration)
+            if args.client == "wrk":
+                level = run_level_wrk(port, images, concurrency, args.warmup, args.duration)
+            else:
+                level = run_level(port, requests, concurrency, args.warmup, args.duration)
             levels.append(level)
             print(f"  {concurrency:>3} clients: {level['requests_per_s']:>8.1f} req/s  "
                   f"p50 {level['latency_ms']['p50']:.2f}  p95 {level['latency_ms']['p95']:.2f}  "
@@ -335,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                    "mean_bytes": round(sum(map(len, images)) / len(images))},
         "start_to_first_prediction_s": round(first_prediction_s, 3),
         "levels": levels,
+        "client": args.client,
         "bare_loop": bare,
         "best_service_requests_per_s": best,
         "ratio_service_to_bare": ratio,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -125,6 +126,7 @@ def train(args: argparse.Namespace) -> dict:
     seed = resumed["args"]["seed"] if resumed else args.seed
     val_size = resumed["args"]["val_size"] if resumed else args.val_size
     train_limit = resumed["args"]["limit"] if resumed else args.limit  # a resumed run sees the same data
+    command = resumed["args"].get("command", "") if resumed else "python -m training.run " + shlex.join(sys.argv[1:])
     torch.manual_seed(seed + rank)
 
     # Rank 0 decodes and caches first; the others then read the cache.
@@ -207,7 +209,7 @@ def train(args: argparse.Namespace) -> dict:
                 raw_model, recipe, mean, std, metrics=metrics, epoch=epoch + 1,
                 test_accuracy=test["acc"], test_confusion=test["confusion"], selected_on=selected_on,
                 best_score=best_score, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                rng=_rng_state(), args={"seed": seed, "val_size": val_size, "limit": train_limit,
+                rng=_rng_state(), args={"seed": seed, "val_size": val_size, "limit": train_limit, "command": command,
                                         "amp": args.amp, "world_size": world_size},
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
             atomic_save(payload, out / "last.pt")

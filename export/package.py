@@ -1,0 +1,134 @@
+"""``python -m export.package RUN [RUN ...] --data PATH``: trained runs -> the service's ``weights/``.
+
+For each run (a training output folder, whose ``best.pt`` is taken, or a checkpoint file):
+
+1. ``weights/<model>.pt``: the checkpoint without optimizer, scheduler and RNG state (fp32 weights,
+   metadata, metrics), loadable with ``torch.load(..., weights_only=True)``;
+2. ``weights/<model>.onnx``: exported from that file with ``export.onnx`` (parity on all test images);
+3. test accuracy and per-class accuracy of the ONNX file on the whole test split, and its CPU
+   throughput with onnxruntime;
+4. an entry in ``weights/MANIFEST.json`` (entries of other models are kept).
+
+The manifest's ``default_model`` (what the service loads by default) is the most accurate model
+whose CPU throughput is at least ``--min-default-images-per-s``, unless ``--default`` names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from export import ExportError
+from export.evaluate import EvaluationError, evaluate_model
+from export.files import write_json_atomic
+from export.onnx import export_checkpoint, file_sha256
+from export.quantize import images_per_second
+from training.checkpoint import CheckpointError, atomic_save, load_checkpoint, model_from_checkpoint
+from training.data import DataError, load_cifar10
+from training.models import count_parameters
+
+TRAINING_STATE = ("optimizer", "scheduler", "rng")
+DATASET = "CIFAR-10, JPEG-q75 copy (../shared/data/cifar10-jpeg.tar.gz), 10,000 test images"
+MAX_FILE_BYTES = 16 * 2**20
+THROUGHPUT_IMAGES = 2048
+
+
+def checkpoint_of(run: str | os.PathLike) -> Path:
+    run = Path(run)
+    return run / "best.pt" if run.is_dir() else run
+
+
+def package_run(run: str | os.PathLike, weights: Path, data: str | None, command: str | None = None) -> dict:
+    source = checkpoint_of(run)
+    ckpt = load_checkpoint(source)
+    # best.pt stops at the selected epoch; the run's last.pt knows how far training went.
+    last_path = source.with_name("last.pt")
+    last = load_checkpoint(last_path) if last_path.exists() and last_path != source else ckpt
+    arch = ckpt["arch"]
+    slim = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
+    pt_path, onnx_path = weights / f"{arch}.pt", weights / f"{arch}.onnx"
+    atomic_save(slim, pt_path)
+    parity = export_checkpoint(pt_path, onnx_path, data=data)
+    evaluation = evaluate_model(onnx_path, data)
+    for path in (pt_path, onnx_path):
+        if path.stat().st_size >= MAX_FILE_BYTES:
+            raise ExportError(f"{path} is {path.stat().st_size / 2**20:.1f} MiB, over the 16 MiB limit")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    test_images = load_cifar10(data).test_images
+    timing = test_images[np.arange(THROUGHPUT_IMAGES) % len(test_images)]
+    metrics = last.get("metrics", [])
+    args = ckpt.get("args", {})
+    return {
+        "onnx": onnx_path.name, "onnx_sha256": file_sha256(onnx_path),
+        "checkpoint": pt_path.name, "checkpoint_sha256": file_sha256(pt_path),
+        "parity": {k: parity[k] for k in ("source", "images", "max_abs_diff_logits", "max_abs_diff_probabilities",
+                                          "top1_agreement", "passed")},
+        "parameters": count_parameters(model_from_checkpoint(ckpt)),
+        "test_accuracy": round(evaluation["accuracy"], 4),
+        "per_class_accuracy": {k: round(v, 4) for k, v in evaluation["per_class_accuracy"].items()},
+        "test_images": evaluation["images"], "dataset": DATASET,
+        "epochs": last["epoch"], "epochs_planned": last.get("epochs"),
+        "complete": last["epoch"] == last.get("epochs"),
+        "selected_on": ckpt.get("selected_on"), "selected_epoch": ckpt["epoch"],
+        "recipe": ckpt["recipe"],
+        "command": args.get("command") or command or "",
+        "torch_version": ckpt.get("torch_version"), "device_name": ckpt.get("device_name", "cpu"),
+        "train_seconds": round(sum(m.get("epoch_seconds", 0.0) for m in metrics), 1),
+        "cpu_images_per_s": round(images_per_second(session, timing), 1),
+        "cpu_throughput_note": f"onnxruntime CPUExecutionProvider, batches of 64, {os.cpu_count()} cores, "
+                               f"onnxruntime {ort.__version__}",
+        "date": datetime.now(timezone.utc).date().isoformat(),
+    }
+
+
+def choose_default(models: dict, min_images_per_s: float) -> str:
+    fast = {name: m for name, m in models.items() if m["cpu_images_per_s"] >= min_images_per_s}
+    pool = fast or models
+    return max(pool, key=lambda name: pool[name]["test_accuracy"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.package", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="training output folders (their best.pt) or checkpoint files")
+    p.add_argument("--data", help="CIFAR-10 source (default $CIFAR10_DATA)")
+    p.add_argument("--weights", default="weights", help="the folder the service loads")
+    p.add_argument("--command", help="the training command, for checkpoints that do not record it")
+    p.add_argument("--default", help="the default model (else chosen by accuracy among the fast ones)")
+    p.add_argument("--min-default-images-per-s", type=float, default=1000.0)
+    args = p.parse_args(argv)
+    weights = Path(args.weights)
+    manifest_path = weights / "MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    try:
+        for run in args.runs:
+            arch = load_checkpoint(checkpoint_of(run))["arch"]
+            manifest["models"][arch] = package_run(run, weights, args.data, args.command)
+            entry = manifest["models"][arch]
+            print(f"{arch}: test accuracy {100 * entry['test_accuracy']:.2f}% after {entry['epochs']} epochs "
+                  f"(epoch {entry['selected_epoch']} selected on {entry['selected_on']}), "
+                  f"{entry['cpu_images_per_s']:,.0f} images/s on CPU -> {weights / entry['onnx']}", flush=True)
+    except (CheckpointError, DataError, ExportError, EvaluationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.default and args.default not in manifest["models"]:
+        print(f"error: --default {args.default} is not among the packaged models", file=sys.stderr)
+        return 2
+    manifest["default_model"] = args.default or choose_default(manifest["models"], args.min_default_images_per_s)
+    manifest["default_rule"] = ("named with --default" if args.default else
+                                f"most accurate model with >= {args.min_default_images_per_s:g} CPU images/s")
+    manifest["torch_used_for_packaging"] = str(torch.__version__)
+    write_json_atomic(manifest_path, manifest)
+    print(f"default model: {manifest['default_model']}; wrote {manifest_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The packaged weights: every manifest entry matches its files, and the ONNX models score what it says."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.metadata import read_metadata
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.models import count_parameters
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+MANIFEST = json.loads((WEIGHTS / "MANIFEST.json").read_text())
+MODELS = sorted(MANIFEST["models"])
+SLICE = 1000  # fixed: the first 1,000 test images (class-interleaved)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_manifest_names_a_packaged_default_model():
+    assert MODELS, "no packaged models"
+    assert MANIFEST["default_model"] in MODELS
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_files_match_the_manifest_and_fit_16_mib(name):
+    entry = MANIFEST["models"][name]
+    for file_key, hash_key in (("onnx", "onnx_sha256"), ("checkpoint", "checkpoint_sha256")):
+        path = WEIGHTS / entry[file_key]
+        assert path.stat().st_size < 16 * 2**20
+        assert sha256(path) == entry[hash_key], f"{path} changed since it was packaged"
+    ckpt = load_checkpoint(WEIGHTS / entry["checkpoint"])  # weights_only=True inside
+    assert ckpt["arch"] == name and "optimizer" not in ckpt
+    assert count_parameters(model_from_checkpoint(ckpt)) == entry["parameters"]
+    meta = read_metadata(WEIGHTS / entry["onnx"])
+    assert meta["arch"] == name
+    assert meta["source_checkpoint_sha256"] == entry["checkpoint_sha256"]  # exported from the shipped .pt
+    assert meta["parity"]["passed"] and meta["parity"]["images"] == 10_000
+    assert entry["epochs"] <= entry["epochs_planned"]
+    assert entry["complete"] == (entry["epochs"] == entry["epochs_planned"])
+    for key in ("command", "torch_version", "device_name", "train_seconds", "date", "recipe", "per_class_accuracy"):
+        assert entry[key], key
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_accuracy_on_a_fixed_slice_is_close_to_the_manifest(name, cifar):
+    entry = MANIFEST["models"][name]
+    session = ort.InferenceSession(str(WEIGHTS / entry["onnx"]), providers=["CPUExecutionProvider"])
+    images, labels = cifar.test_images[:SLICE], cifar.test_labels[:SLICE]
+    predicted = np.concatenate([session.run(["logits"], {"image": images[i:i + 250]})[0].argmax(1)
+                                for i in range(0, SLICE, 250)])
+    accuracy = float((predicted == labels).mean())
+    assert abs(accuracy - entry["test_accuracy"]) <= 0.015, (accuracy, entry["test_accuracy"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_checkpoint_and_onnx_agree_on_the_slice(name, cifar):
+    entry = MANIFEST["models"][name]
+    ckpt = load_checkpoint(WEIGHTS / entry["checkpoint"])
+    model = model_from_checkpoint(ckpt)
+    images = cifar.test_images[:256]
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(ckpt["mean"]).view(1, 3, 1, 1)) \
+        / torch.tensor(ckpt["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch_top1 = model(x).argmax(1).numpy()
+    session = ort.InferenceSession(str(WEIGHTS / entry["onnx"]), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(["logits"], {"image": images})[0].argmax(1), torch_top1)
