@@ -287,12 +287,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(port: int, env: dict, probe: bytes, log_path: Path) -> tuple[subprocess.Popen, float]:
+def start_service(port: int, env: dict, probe: bytes, log_path: Path,
+                  app: str = "serving:create_app()") -> tuple[subprocess.Popen, float]:
     """Launch gunicorn; return it and the seconds from launch to the first successful prediction."""
     gunicorn = Path(sys.executable).with_name("gunicorn")
     log = open(log_path, "wb")  # noqa: SIM115 (kept open for the server's lifetime)
     launched = time.perf_counter()
-    proc = subprocess.Popen([str(gunicorn), "--config", "serving/gunicorn.conf.py", "serving:create_app()"],
+    proc = subprocess.Popen([str(gunicorn), "--config", "serving/gunicorn.conf.py", app],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client = HttpClient(port)
     while True:
@@ -362,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
             env[key] = str(value)
     requests = [predict_request(port, data, f"test-{i}.jpg") for i, data in enumerate(images)]
 
+    def measure(concurrency: int) -> dict:
+        if args.client == "wrk":
+            return run_level_wrk(port, images, concurrency, args.warmup, args.duration)
+        return run_level(port, requests, concurrency, args.warmup, args.duration)
+
     log_path = Path(tempfile.mkdtemp(prefix="serve-load-")) / "gunicorn.log"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     print(f"starting gunicorn on 127.0.0.1:{port} with {models_dir} ...", flush=True)
@@ -373,16 +379,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"first prediction {first_prediction_s:.2f} s after launch; model {model}", flush=True)
         levels = []
         for concurrency in args.concurrency:
-            if args.client == "wrk":
-                level = run_level_wrk(port, images, concurrency, args.warmup, args.duration)
-            else:
-                level = run_level(port, requests, concurrency, args.warmup, args.duration)
+            level = measure(concurrency)
             levels.append(level)
             print(f"  {concurrency:>3} clients: {level['requests_per_s']:>8.1f} req/s  "
                   f"p50 {level['latency_ms']['p50']:.2f}  p95 {level['latency_ms']['p95']:.2f}  "
                   f"p99 {level['latency_ms']['p99']:.2f} ms  errors {level['errors']}", flush=True)
     finally:
         stop_service(proc)
+
+    # The same gunicorn settings around an app that only reads the upload: HTTP + Flask alone.
+    floor_proc, _ = start_service(port, env, requests[0], log_path.with_name("floor.log"), "benchmarks.empty_app:app")
+    try:
+        floor = max(measure(c)["requests_per_s"] for c in args.concurrency)
+    finally:
+        stop_service(floor_proc)
+    print(f"  empty Flask app under the same gunicorn: {floor:.1f} req/s", flush=True)
 
     max_pixels = int(os.environ.get("MAX_IMAGE_PIXELS", "64000000"))
     bare = bare_loop(models_dir / f"{model}.onnx", images, usable_cpus(), args.duration, max_pixels)
@@ -407,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         "start_to_first_prediction_s": round(first_prediction_s, 3),
         "levels": levels,
         "client": args.client,
+        "empty_flask_app_requests_per_s": floor,
         "bare_loop": bare,
         "best_service_requests_per_s": best,
         "ratio_service_to_bare": ratio,

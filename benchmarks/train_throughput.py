@@ -118,7 +118,8 @@ def endless(make_iter):
         yield from make_iter()
 
 
-def benchmark(model_name: str, images, labels, device: torch.device, steps: int, warmup: int, workers: int) -> dict:
+def benchmark(model_name: str, images, labels, device: torch.device, steps: int, warmup: int, workers: int,
+              min_images: int) -> dict:
     recipe = RECIPES[model_name]
     mean, std = HALF if recipe.normalization == "half" else channel_stats(images)
     device_loader = DeviceLoader(images, labels, recipe.batch_size, device, mean, std, recipe.augment,
@@ -127,8 +128,9 @@ def benchmark(model_name: str, images, labels, device: torch.device, steps: int,
     baseline_loader = torch.utils.data.DataLoader(
         dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=True, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    steps = max(steps, -(-min_images // recipe.batch_size))  # small batches need more steps to time
     result = {
-        "model": model_name, "batch_size": recipe.batch_size,
+        "model": model_name, "batch_size": recipe.batch_size, "timed_steps": steps,
         "device_pipeline_images_per_s": time_training(model_name, endless(lambda: iter(device_loader)), device,
                                                       steps, warmup),
         "dataloader_images_per_s": time_training(model_name, endless(lambda: iter(baseline_loader)), device,
@@ -146,6 +148,7 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=list_models())
     p.add_argument("--steps", type=int, default=20, help="timed training steps per measurement")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--min-images", type=int, default=2000, help="time at least this many images per measurement")
     p.add_argument("--images", type=int, default=10_000, help="training images held by both pipelines")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--out", help="results JSON (default: benchmarks/results/train_throughput_<device>.json)")
@@ -156,7 +159,7 @@ def main() -> None:
     rows = []
     print(f"{'model':<18}{'batch':>6}{'device img/s':>14}{'DataLoader img/s':>18}{'speedup':>9}")
     for name in args.models:
-        r = benchmark(name, images, labels, device, args.steps, args.warmup, args.workers)
+        r = benchmark(name, images, labels, device, args.steps, args.warmup, args.workers, args.min_images)
         rows.append(r)
         print(f"{name:<18}{r['batch_size']:>6}{r['device_pipeline_images_per_s']:>14,.0f}"
               f"{r['dataloader_images_per_s']:>18,.0f}{r['speedup']:>9.2f}", flush=True)
