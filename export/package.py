@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,6 +79,7 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
         "epochs": last["epoch"], "epochs_planned": last.get("epochs"),
         "complete": last["epoch"] == last.get("epochs"),
         "selected_on": ckpt.get("selected_on"), "selected_epoch": ckpt["epoch"],
+        "recipe_name": recipe_name(ckpt, args.get("command") or command or ""),
         "recipe": ckpt["recipe"],
         "command": args.get("command") or command or "",
         "torch_version": ckpt.get("torch_version"), "device_name": ckpt.get("device_name", "cpu"),
@@ -87,6 +89,15 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
                                f"onnxruntime {ort.__version__}",
         "date": datetime.now(timezone.utc).date().isoformat(),
     }
+
+
+def recipe_name(ckpt: dict, command: str) -> str:
+    """The named recipe a run used: recorded by training, else read off its command, else the documented one."""
+    recorded = ckpt.get("args", {}).get("recipe_name")
+    if recorded:
+        return recorded
+    match = re.search(r"--recipe[ =](\S+)", command)
+    return match.group(1) if match else ckpt["arch"]
 
 
 def choose_default(models: dict, min_images_per_s: float) -> str:

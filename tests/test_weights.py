@@ -12,6 +12,7 @@ import torch
 from export.metadata import read_metadata
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.models import count_parameters
+from training.recipes import RECIPES
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 MANIFEST = json.loads((WEIGHTS / "MANIFEST.json").read_text())
@@ -46,6 +47,7 @@ def test_files_match_the_manifest_and_fit_16_mib(name):
     assert entry["complete"] == (entry["epochs"] == entry["epochs_planned"])
     for key in ("command", "torch_version", "device_name", "train_seconds", "date", "recipe", "per_class_accuracy"):
         assert entry[key], key
+    assert entry["recipe_name"] in RECIPES and RECIPES[entry["recipe_name"]].model == name
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -127,6 +127,7 @@ def train(args: argparse.Namespace) -> dict:
     val_size = resumed["args"]["val_size"] if resumed else args.val_size
     train_limit = resumed["args"]["limit"] if resumed else args.limit  # a resumed run sees the same data
     command = resumed["args"].get("command", "") if resumed else "python -m training.run " + shlex.join(sys.argv[1:])
+    recipe_name = resumed["args"].get("recipe_name", "") if resumed else args.recipe or recipe.model
     torch.manual_seed(seed + rank)
 
     # Rank 0 decodes and caches first; the others then read the cache.
@@ -210,6 +211,7 @@ def train(args: argparse.Namespace) -> dict:
                 test_accuracy=test["acc"], test_confusion=test["confusion"], selected_on=selected_on,
                 best_score=best_score, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 rng=_rng_state(), args={"seed": seed, "val_size": val_size, "limit": train_limit, "command": command,
+                                        "recipe_name": recipe_name,
                                         "amp": args.amp, "world_size": world_size},
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
             atomic_save(payload, out / "last.pt")
