@@ -7,7 +7,9 @@ For each run (a training output folder, whose ``best.pt`` is taken, or a checkpo
 2. ``weights/<model>.onnx``: exported from that file with ``export.onnx`` (parity on all test images);
 3. test accuracy and per-class accuracy of the ONNX file on the whole test split, and its CPU
    throughput with onnxruntime;
-4. an entry in ``weights/MANIFEST.json`` (entries of other models are kept).
+4. an entry in ``weights/MANIFEST.json`` (entries of other models are kept);
+5. the run's evidence (``metrics.jsonl`` and its loss/accuracy/LR/confusion PNGs) copied to
+   ``docs/runs/<run folder name>/``, so the curves the README shows come from the run that made the weights.
 
 The manifest's ``default_model`` (what the service loads by default) is the most accurate model
 whose CPU throughput is at least ``--min-default-images-per-s``, unless ``--default`` names one.
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +43,7 @@ TRAINING_STATE = ("optimizer", "scheduler", "rng")
 DATASET = "CIFAR-10, JPEG-q75 copy (../shared/data/cifar10-jpeg.tar.gz), 10,000 test images"
 MAX_FILE_BYTES = 16 * 2**20
 THROUGHPUT_IMAGES = 2048
+RUN_EVIDENCE = ("metrics.jsonl", "loss.png", "accuracy.png", "lr.png", "confusion.png")
 
 
 def checkpoint_of(run: str | os.PathLike) -> Path:
@@ -47,7 +51,19 @@ def checkpoint_of(run: str | os.PathLike) -> Path:
     return run / "best.pt" if run.is_dir() else run
 
 
-def package_run(run: str | os.PathLike, weights: Path, data: str | None, command: str | None = None) -> dict:
+def copy_run_evidence(run_dir: Path, docs: Path) -> str:
+    """Copy a run's metrics and plots to ``docs``; returns the folder, or "" when the run left none."""
+    found = [run_dir / name for name in RUN_EVIDENCE if (run_dir / name).exists()]
+    if not found:
+        return ""
+    docs.mkdir(parents=True, exist_ok=True)
+    for path in found:
+        shutil.copyfile(path, docs / path.name)
+    return docs.as_posix()
+
+
+def package_run(run: str | os.PathLike, weights: Path, data: str | None, command: str | None = None,
+                docs: Path | None = None) -> dict:
     source = checkpoint_of(run)
     ckpt = load_checkpoint(source)
     # best.pt stops at the selected epoch; the run's last.pt knows how far training went.
@@ -67,6 +83,7 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
     timing = test_images[np.arange(THROUGHPUT_IMAGES) % len(test_images)]
     metrics = last.get("metrics", [])
     args = ckpt.get("args", {})
+    recipe = recipe_name(ckpt, args.get("command") or command or "")
     return {
         "onnx": onnx_path.name, "onnx_sha256": file_sha256(onnx_path),
         "checkpoint": pt_path.name, "checkpoint_sha256": file_sha256(pt_path),
@@ -79,7 +96,8 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
         "epochs": last["epoch"], "epochs_planned": last.get("epochs"),
         "complete": last["epoch"] == last.get("epochs"),
         "selected_on": ckpt.get("selected_on"), "selected_epoch": ckpt["epoch"],
-        "recipe_name": recipe_name(ckpt, args.get("command") or command or ""),
+        "recipe_name": recipe,
+        "run_evidence": copy_run_evidence(source.parent, docs / source.parent.name) if docs else "",
         "recipe": ckpt["recipe"],
         "command": args.get("command") or command or "",
         "torch_version": ckpt.get("torch_version"), "device_name": ckpt.get("device_name", "cpu"),
@@ -112,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="CIFAR-10 source (default $CIFAR10_DATA)")
     p.add_argument("--weights", default="weights", help="the folder the service loads")
     p.add_argument("--command", help="the training command, for checkpoints that do not record it")
+    p.add_argument("--docs", default="docs/runs", help="where each run's metrics and plots are copied")
     p.add_argument("--default", help="the default model (else chosen by accuracy among the fast ones)")
     p.add_argument("--min-default-images-per-s", type=float, default=1000.0)
     args = p.parse_args(argv)
@@ -121,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run in args.runs:
             arch = load_checkpoint(checkpoint_of(run))["arch"]
-            manifest["models"][arch] = package_run(run, weights, args.data, args.command)
+            manifest["models"][arch] = package_run(run, weights, args.data, args.command, Path(args.docs))
             entry = manifest["models"][arch]
             print(f"{arch}: test accuracy {100 * entry['test_accuracy']:.2f}% after {entry['epochs']} epochs "
                   f"(epoch {entry['selected_epoch']} selected on {entry['selected_on']}), "

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
-from test_serving_support import CLASSES, ROOT, cifar_jpegs, copy_models, models_dir
+from test_serving_support import CLASSES, ROOT, cifar_jpegs, copy_models, models_dir, noise_bytes, png_bytes
 
 import serving
 from serving.models import ModelLoadError
@@ -140,20 +140,8 @@ def test_a_large_phone_photo_with_exif_rotation_is_classified(client):
     assert response.status_code == 200 and len(response.get_json()["predictions"]) == 5
 
 
-def _png(size=(40, 40), mode="RGB") -> bytes:
-    out = io.BytesIO()
-    Image.new(mode, size).save(out, "PNG")
-    return out.getvalue()
-
-
-def _noise(fmt: str) -> bytes:
-    out = io.BytesIO()
-    Image.effect_noise((200, 200), 60).convert("RGB").save(out, fmt)
-    return out.getvalue()
-
-
 BAD_UPLOADS = [
-    pytest.param(lambda c: c.post("/predict", data={"file": as_file(_png())}, content_type="multipart/form-data"),
+    pytest.param(lambda c: c.post("/predict", data={"file": as_file(png_bytes())}, content_type="multipart/form-data"),
                  400, r"no file in multipart field 'img' \(the request has fields: file\)", id="wrong-field-name"),
     pytest.param(lambda c: c.post("/predict", data={"topk": "3"}, content_type="multipart/form-data"),
                  400, "no file in multipart field 'img'", id="no-file-part"),
@@ -162,30 +150,31 @@ BAD_UPLOADS = [
     pytest.param(lambda c: c.post("/predict", data=b"", content_type="image/png"), 400, "empty", id="empty-raw-body"),
     pytest.param(lambda c: upload(c, as_file(b"just some text, not pixels\n" * 10, "fake.gif")), 400, "not an image",
                  id="not-an-image"),
-    pytest.param(lambda c: upload(c, as_file(_noise("PNG")[:-3000], "cut.png")), 400, "truncated|corrupt",
+    pytest.param(lambda c: upload(c, as_file(noise_bytes("PNG")[:-3000], "cut.png")), 400, "truncated|corrupt",
                  id="truncated-png"),
-    pytest.param(lambda c: upload(c, as_file(_noise("JPEG")[:-1500], "cut.jpg")), 400, "truncated|corrupt",
+    pytest.param(lambda c: upload(c, as_file(noise_bytes("JPEG")[:-1500], "cut.jpg")), 400, "truncated|corrupt",
                  id="truncated-jpeg"),
     pytest.param(lambda c: upload(c, as_file(b"\0" * (2 * 1024 * 1024 + 1), "big.png")), 413,
                  "larger than the 2 MB limit", id="body-over-limit"),
     pytest.param(lambda c: c.post("/predict", data=b"\0" * (3 * 1024 * 1024), content_type="image/png"), 413,
                  "larger than the 2 MB limit", id="raw-body-over-limit"),
-    pytest.param(lambda c: upload(c, as_file(_png((5000, 5000), "1"), "bomb.png")), 413,
+    pytest.param(lambda c: upload(c, as_file(png_bytes((5000, 5000), "1"), "bomb.png")), 413,
                  "5000x5000 = 25,000,000 pixels.*refused before decoding", id="decompression-bomb"),
-    pytest.param(lambda c: upload(c, as_file(_png()), "?topk=0"), 400, "topk must be an integer from 1 to 10, got '0'",
-                 id="topk-0"),
-    pytest.param(lambda c: upload(c, as_file(_png()), "?topk=11"), 400, "got '11'", id="topk-11"),
-    pytest.param(lambda c: upload(c, as_file(_png()), "?topk=-1"), 400, "got '-1'", id="topk-minus-1"),
-    pytest.param(lambda c: upload(c, as_file(_png()), "?topk=abc"), 400, "got 'abc'", id="topk-abc"),
-    pytest.param(lambda c: upload(c, as_file(_png()), topk="2.5"), 400, "got '2.5'", id="topk-form-float"),
-    pytest.param(lambda c: upload(c, as_file(_png()), "?model=resnet"), 404,
+    pytest.param(lambda c: upload(c, as_file(png_bytes()), "?topk=0"), 400,
+                 "topk must be an integer from 1 to 10, got '0'", id="topk-0"),
+    pytest.param(lambda c: upload(c, as_file(png_bytes()), "?topk=11"), 400, "got '11'", id="topk-11"),
+    pytest.param(lambda c: upload(c, as_file(png_bytes()), "?topk=-1"), 400, "got '-1'", id="topk-minus-1"),
+    pytest.param(lambda c: upload(c, as_file(png_bytes()), "?topk=abc"), 400, "got 'abc'", id="topk-abc"),
+    pytest.param(lambda c: upload(c, as_file(png_bytes()), topk="2.5"), 400, "got '2.5'", id="topk-form-float"),
+    pytest.param(lambda c: upload(c, as_file(png_bytes()), "?model=resnet"), 404,
                  "unknown model 'resnet'; loaded models: dwsep, tutorial", id="unknown-model"),
-    pytest.param(lambda c: upload(c, as_file(_png()), "?model=../weights/dwsep"), 404, "unknown model '../weights",
+    pytest.param(lambda c: upload(c, as_file(png_bytes()), "?model=../weights/dwsep"), 404, "unknown model '../weights",
                  id="path-traversal"),
-    pytest.param(lambda c: upload(c, as_file(_png()), "?model=dwsep.onnx"), 404, "unknown model", id="model-file-name"),
+    pytest.param(lambda c: upload(c, as_file(png_bytes()), "?model=dwsep.onnx"), 404, "unknown model",
+                 id="model-file-name"),
     pytest.param(lambda c: c.post("/predict", data=b'{"img": "x"}', content_type="application/json"), 415,
                  "unsupported content type 'application/json'", id="json-body"),
-    pytest.param(lambda c: c.post("/predict", data=_png()), 415, "unsupported content type 'none'",
+    pytest.param(lambda c: c.post("/predict", data=png_bytes()), 415, "unsupported content type 'none'",
                  id="no-content-type"),
     pytest.param(lambda c: c.post("/predict", data="img=abc", content_type="application/x-www-form-urlencoded"), 415,
                  "unsupported content type", id="urlencoded-form"),

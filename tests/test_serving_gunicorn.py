@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 import requests
 from PIL import Image
-from test_serving_support import CLASSES, ROOT, Gunicorn, cifar_jpegs, copy_models, models_dir
+from test_serving_support import CLASSES, ROOT, Gunicorn, cifar_jpegs, copy_models, models_dir, noise_bytes, png_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -94,18 +94,6 @@ def test_curl_form_upload_single_several_and_raw(server, image_files):
     assert raw["predictions"] == single["predictions"]
 
 
-def _png(size=(40, 40), mode="RGB") -> bytes:
-    out = io.BytesIO()
-    Image.new(mode, size).save(out, "PNG")
-    return out.getvalue()
-
-
-def _noise(fmt: str) -> bytes:
-    out = io.BytesIO()
-    Image.effect_noise((200, 200), 60).convert("RGB").save(out, fmt)
-    return out.getvalue()
-
-
 def _chunks(total: int, size: int = 1 << 20):
     sent = 0
     while sent < total:
@@ -115,23 +103,23 @@ def _chunks(total: int, size: int = 1 << 20):
 
 # (description, requests.post keyword arguments, query, expected status, pattern in the message)
 BAD_HTTP = [
-    ("wrong field name", {"files": {"file": ("a.png", _png())}}, "", 400, "no file in multipart field 'img'"),
+    ("wrong field name", {"files": {"file": ("a.png", png_bytes())}}, "", 400, "no file in multipart field 'img'"),
     ("no file part", {"files": {"topk": (None, "3")}}, "", 400, "no file in multipart field 'img'"),
     ("empty file", {"files": {"img": ("e.png", b"")}}, "", 400, "the file is empty"),
     ("not an image", {"files": {"img": ("a.png", b"plain text " * 50)}}, "", 400, "not an image"),
-    ("truncated png", {"files": {"img": ("t.png", _noise("PNG")[:-3000])}}, "", 400, "truncated|corrupt"),
-    ("truncated jpeg", {"files": {"img": ("t.jpg", _noise("JPEG")[:-1500])}}, "", 400, "truncated|corrupt"),
+    ("truncated png", {"files": {"img": ("t.png", noise_bytes("PNG")[:-3000])}}, "", 400, "truncated|corrupt"),
+    ("truncated jpeg", {"files": {"img": ("t.jpg", noise_bytes("JPEG")[:-1500])}}, "", 400, "truncated|corrupt"),
     ("body over 10 MB", {"files": {"img": ("big.png", b"\0" * (11 * 1024 * 1024))}}, "", 413, "10 MB limit"),
     ("chunked body over 10 MB", {"data": _chunks(12 * 1024 * 1024), "headers": {"Content-Type": "image/png"}}, "",
      413, "10 MB limit"),
-    ("decompression bomb", {"files": {"img": ("bomb.png", _png((20_000, 20_000), "1"))}}, "", 413,
+    ("decompression bomb", {"files": {"img": ("bomb.png", png_bytes((20_000, 20_000), "1"))}}, "", 413,
      "refused before decoding"),
-    ("topk 0", {"files": {"img": ("a.png", _png())}}, "?topk=0", 400, "topk must be an integer from 1 to 10"),
-    ("topk 11", {"files": {"img": ("a.png", _png())}}, "?topk=11", 400, "topk must be"),
-    ("topk -1", {"files": {"img": ("a.png", _png())}}, "?topk=-1", 400, "topk must be"),
-    ("topk abc", {"files": {"img": ("a.png", _png())}}, "?topk=abc", 400, "topk must be"),
-    ("unknown model", {"files": {"img": ("a.png", _png())}}, "?model=resnet", 404, "unknown model 'resnet'"),
-    ("path traversal", {"files": {"img": ("a.png", _png())}}, "?model=../../etc/passwd", 404, "unknown model"),
+    ("topk 0", {"files": {"img": ("a.png", png_bytes())}}, "?topk=0", 400, "topk must be an integer from 1 to 10"),
+    ("topk 11", {"files": {"img": ("a.png", png_bytes())}}, "?topk=11", 400, "topk must be"),
+    ("topk -1", {"files": {"img": ("a.png", png_bytes())}}, "?topk=-1", 400, "topk must be"),
+    ("topk abc", {"files": {"img": ("a.png", png_bytes())}}, "?topk=abc", 400, "topk must be"),
+    ("unknown model", {"files": {"img": ("a.png", png_bytes())}}, "?model=resnet", 404, "unknown model 'resnet'"),
+    ("path traversal", {"files": {"img": ("a.png", png_bytes())}}, "?model=../../etc/passwd", 404, "unknown model"),
     ("wrong content type", {"data": b"{}", "headers": {"Content-Type": "application/json"}}, "", 415,
      "unsupported content type"),
     ("malformed multipart", {"data": b"--b\r\nContent-Disposition: form-data; name=\"img\"\r\n\r\nxx",

@@ -3,12 +3,14 @@
 - ``models_dir``: ``tutorial`` and ``dwsep`` exported once per session by the real exporter
   (``export.onnx.export_checkpoint``) from the ``fresh_checkpoint`` fixture, with a MANIFEST.json.
 - ``cifar_jpegs``: real CIFAR-10 test JPEG files (bytes as stored in the archive), a few per class.
+- ``png_bytes``, ``noise_bytes``: small synthetic uploads.
 - ``Gunicorn``: the service started as ``make serve`` starts it, on a free loopback port, stopped
   (process group and all) at teardown.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import requests
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN = Path(sys.executable).with_name("gunicorn")
@@ -28,6 +31,19 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 DEFAULT = "dwsep"
 
 _cache: dict[str, object] = {}
+
+
+def png_bytes(size=(40, 40), mode="RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size).save(out, "PNG")
+    return out.getvalue()
+
+
+def noise_bytes(fmt: str) -> bytes:
+    """A 200x200 noise image: large enough that truncating the encoded file cuts into pixel data."""
+    out = io.BytesIO()
+    Image.effect_noise((200, 200), 60).convert("RGB").save(out, fmt)
+    return out.getvalue()
 
 
 def models_dir(tmp_path_factory, fresh_checkpoint) -> Path:

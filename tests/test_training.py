@@ -65,6 +65,16 @@ def test_evaluate_reproduces_the_checkpoint_accuracy(short_run, data_archive):
     assert "per-class accuracy" in result.stdout
 
 
+def test_without_a_validation_split_the_test_split_never_picks_the_epoch(data_archive, tmp_path):
+    code = run_main(["--model", "tutorial", "--data", str(data_archive), "--limit", "500", "--val-size", "0",
+                     "--eval-limit", "200", "--epochs", "3", "--lr", "0.05", "--batch-size", "32",
+                     "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["selected_on"] == "last" and best["epoch"] == 3
+    assert all("val_acc" not in row for row in best["metrics"])
+
+
 def test_killed_run_resumes_at_the_right_epoch_with_identical_state(data_archive, tmp_path):
     common = ["-m", "training.run", "--model", "tutorial_plus", "--data", str(data_archive), "--limit", "600",
               "--val-size", "200", "--eval-limit", "200", "--epochs", "3", "--batch-size", "32", "--no-progress"]

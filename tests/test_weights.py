@@ -14,7 +14,8 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.models import count_parameters
 from training.recipes import RECIPES
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights"
 MANIFEST = json.loads((WEIGHTS / "MANIFEST.json").read_text())
 MODELS = sorted(MANIFEST["models"])
 SLICE = 1000  # fixed: the first 1,000 test images (class-interleaved)
@@ -48,6 +49,21 @@ def test_files_match_the_manifest_and_fit_16_mib(name):
     for key in ("command", "torch_version", "device_name", "train_seconds", "date", "recipe", "per_class_accuracy"):
         assert entry[key], key
     assert entry["recipe_name"] in RECIPES and RECIPES[entry["recipe_name"]].model == name
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_published_curves_come_from_the_run_that_made_the_weights(name):
+    entry = MANIFEST["models"][name]
+    folder = ROOT / entry["run_evidence"]
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    ckpt = load_checkpoint(WEIGHTS / entry["checkpoint"])
+    # The shipped checkpoint was saved at the selected epoch: its history is the run's, up to there.
+    assert [(r["epoch"], r["train_loss"], r["lr"]) for r in rows[:ckpt["epoch"]]] == \
+        [(r["epoch"], r["train_loss"], r["lr"]) for r in ckpt["metrics"]]
+    assert len(rows) == entry["epochs"] and ckpt["epoch"] == entry["selected_epoch"]
+    assert abs(rows[ckpt["epoch"] - 1]["test_acc"] - entry["test_accuracy"]) <= 1e-3  # torch vs ONNX figure
+    for plot in ("loss.png", "accuracy.png", "lr.png", "confusion.png"):
+        assert (folder / plot).read_bytes().startswith(b"\x89PNG"), plot
 
 
 @pytest.mark.parametrize("name", MODELS)

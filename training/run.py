@@ -51,14 +51,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-size", type=int, default=5000,
-                   help="training images held out to select best.pt (0: select on test, not advised)")
+                   help="training images held out to select best.pt (0: train on all; best.pt is the last epoch)")
     p.add_argument("--limit", type=int, help="train on the first N training images (smoke runs)")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N val/test images (smoke runs)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Recorded in checkpoints and the weights manifest, so a run can be repeated exactly.
+    args.command = "python -m training.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 def print_model_list() -> None:
@@ -126,7 +129,7 @@ def train(args: argparse.Namespace) -> dict:
     seed = resumed["args"]["seed"] if resumed else args.seed
     val_size = resumed["args"]["val_size"] if resumed else args.val_size
     train_limit = resumed["args"]["limit"] if resumed else args.limit  # a resumed run sees the same data
-    command = resumed["args"].get("command", "") if resumed else "python -m training.run " + shlex.join(sys.argv[1:])
+    command = resumed["args"].get("command", "") if resumed else args.command
     recipe_name = resumed["args"].get("recipe_name", "") if resumed else args.recipe or recipe.model
     torch.manual_seed(seed + rank)
 
@@ -179,7 +182,9 @@ def train(args: argparse.Namespace) -> dict:
 
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()
-    selected_on = "val" if val_loader is not None else "test"
+    # Without a validation split the test split must not pick the epoch (that would leak it into the
+    # reported figure): best.pt is then simply the last epoch, as for a recipe whose length was chosen on val.
+    selected_on = "val" if val_loader is not None else "last"
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         print(f"{recipe.model}: {count_parameters(raw_model):,} params, {len(train_x):,} train / "
@@ -201,9 +206,9 @@ def train(args: argparse.Namespace) -> dict:
         row.update(test_loss=test["loss"], test_acc=test["acc"],
                    time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         metrics.append(row)
-        score = row[f"{selected_on}_acc"]
-        improved = score > best_score
-        best_score = max(best_score, score)
+        improved = selected_on == "last" or row["val_acc"] > best_score
+        if selected_on == "val":
+            best_score = max(best_score, row["val_acc"])
         if is_main:
             print(_format_row(row), flush=True)
             payload = make_checkpoint(
