@@ -83,7 +83,6 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
     timing = test_images[np.arange(THROUGHPUT_IMAGES) % len(test_images)]
     metrics = last.get("metrics", [])
     args = ckpt.get("args", {})
-    recipe = recipe_name(ckpt, args.get("command") or command or "")
     return {
         "onnx": onnx_path.name, "onnx_sha256": file_sha256(onnx_path),
         "checkpoint": pt_path.name, "checkpoint_sha256": file_sha256(pt_path),
@@ -96,7 +95,7 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
         "epochs": last["epoch"], "epochs_planned": last.get("epochs"),
         "complete": last["epoch"] == last.get("epochs"),
         "selected_on": ckpt.get("selected_on"), "selected_epoch": ckpt["epoch"],
-        "recipe_name": recipe,
+        "recipe_name": recipe_name(ckpt, args.get("command") or command or ""),
         "run_evidence": copy_run_evidence(source.parent, docs / source.parent.name) if docs else "",
         "recipe": ckpt["recipe"],
         "command": args.get("command") or command or "",
