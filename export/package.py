@@ -82,7 +82,7 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
     test_images = load_cifar10(data).test_images
     timing = test_images[np.arange(THROUGHPUT_IMAGES) % len(test_images)]
     metrics = last.get("metrics", [])
-    args = ckpt.get("args", {})
+    run_command = ckpt.get("args", {}).get("command") or command or ""
     return {
         "onnx": onnx_path.name, "onnx_sha256": file_sha256(onnx_path),
         "checkpoint": pt_path.name, "checkpoint_sha256": file_sha256(pt_path),
@@ -95,10 +95,10 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
         "epochs": last["epoch"], "epochs_planned": last.get("epochs"),
         "complete": last["epoch"] == last.get("epochs"),
         "selected_on": ckpt.get("selected_on"), "selected_epoch": ckpt["epoch"],
-        "recipe_name": recipe_name(ckpt, args.get("command") or command or ""),
+        "recipe_name": recipe_name(ckpt, run_command),
         "run_evidence": copy_run_evidence(source.parent, docs / source.parent.name) if docs else "",
         "recipe": ckpt["recipe"],
-        "command": args.get("command") or command or "",
+        "command": run_command,
         "torch_version": ckpt.get("torch_version"), "device_name": ckpt.get("device_name", "cpu"),
         "train_seconds": round(sum(m.get("epoch_seconds", 0.0) for m in metrics), 1),
         "cpu_images_per_s": round(images_per_second(session, timing), 1),
