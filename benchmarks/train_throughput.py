@@ -15,6 +15,10 @@ training steps (forward, backward, optimizer step) fed by
     python benchmarks/train_throughput.py --data ../shared/data/cifar10-jpeg.tar.gz --device cpu
 
 writes ``benchmarks/results/train_throughput_<device>.json`` and prints a table.
+
+``--compare precision`` instead times the on-device pipeline in three numeric modes per model:
+fp32 (NCHW), fp32 + channels_last, and bf16 autocast + channels_last (the default on CPUs with AMX
+or AVX512-BF16), into ``benchmarks/results/train_precision_<device>.json``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import torch.nn as nn
 from PIL import Image
 
 from training.data import DeviceLoader, channel_stats, load_cifar10
-from training.engine import build_optimizer, build_scheduler
+from training.engine import autocast, build_optimizer, build_scheduler
+from training.hardware import cpu_bf16_units, set_threads
 from training.models import create_model, list_models
 from training.recipes import HALF, RECIPES, Recipe
 
@@ -85,11 +90,21 @@ class PerSampleDataset(torch.utils.data.Dataset):
         return x, int(self.labels[i])
 
 
-def time_training(model_name: str, batches, device: torch.device, steps: int, warmup: int) -> float:
+PRECISION_MODES = {  # name: (bf16 autocast, channels_last)
+    "fp32": (False, False),
+    "fp32_channels_last": (False, True),
+    "bf16_channels_last": (True, True),
+}
+
+
+def time_training(model_name: str, batches, device: torch.device, steps: int, warmup: int,
+                  bf16: bool = False, channels_last: bool = False) -> float:
     """Images/s of ``steps`` training steps after ``warmup`` untimed ones."""
     recipe = RECIPES[model_name]
     torch.manual_seed(0)
     model = create_model(model_name).to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(recipe, model)
     scheduler = build_scheduler(recipe, optimizer, steps_per_epoch=steps + warmup)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -102,7 +117,10 @@ def time_training(model_name: str, batches, device: torch.device, steps: int, wa
             start, seen = time.perf_counter(), 0
         x, y = next(it)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = criterion(model(x), y)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, bf16):
+            loss = criterion(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -141,6 +159,21 @@ def benchmark(model_name: str, images, labels, device: torch.device, steps: int,
     return result
 
 
+def benchmark_precision(model_name: str, images, labels, device: torch.device, steps: int, warmup: int,
+                        min_images: int) -> dict:
+    recipe = RECIPES[model_name]
+    mean, std = HALF if recipe.normalization == "half" else channel_stats(images)
+    loader = DeviceLoader(images, labels, recipe.batch_size, device, mean, std, recipe.augment,
+                          shuffle=True, drop_last=True)
+    steps = max(steps, -(-min_images // recipe.batch_size))
+    result = {"model": model_name, "batch_size": recipe.batch_size, "timed_steps": steps}
+    for mode, (bf16, channels_last) in PRECISION_MODES.items():
+        result[f"{mode}_images_per_s"] = time_training(model_name, endless(lambda: iter(loader)), device, steps,
+                                                       warmup, bf16=bf16, channels_last=channels_last)
+    result["bf16_speedup"] = result["bf16_channels_last_images_per_s"] / result["fp32_images_per_s"]
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=os.environ.get("CIFAR10_DATA", "../shared/data/cifar10-jpeg.tar.gz"))
@@ -151,11 +184,19 @@ def main() -> None:
     p.add_argument("--min-images", type=int, default=2000, help="time at least this many images per measurement")
     p.add_argument("--images", type=int, default=10_000, help="training images held by both pipelines")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--out", help="results JSON (default: benchmarks/results/train_throughput_<device>.json)")
+    p.add_argument("--compare", choices=("pipeline", "precision"), default="pipeline",
+                   help="pipeline: on-device vs DataLoader; precision: fp32 / fp32+channels_last / bf16+channels_last")
+    p.add_argument("--threads", type=int, help="CPU threads (default: every usable CPU)")
+    p.add_argument("--out", help="results JSON (default: benchmarks/results/train_throughput_<device>.json, "
+                                  "or train_precision_<device>.json)")
     args = p.parse_args()
     device = torch.device(args.device)
+    if device.type == "cpu":
+        set_threads(args.threads)
     data = load_cifar10(args.data)
     images, labels = data.train_images[: args.images], data.train_labels[: args.images]
+    if args.compare == "precision":
+        return main_precision(args, device, images, labels)
     rows = []
     print(f"{'model':<18}{'batch':>6}{'device img/s':>14}{'DataLoader img/s':>18}{'speedup':>9}")
     for name in args.models:
@@ -165,17 +206,48 @@ def main() -> None:
               f"{r['dataloader_images_per_s']:>18,.0f}{r['speedup']:>9.2f}", flush=True)
     report = {
         "what": "training images/s (forward+backward+optimizer step), documented recipe per model",
-        "command": "python benchmarks/train_throughput.py " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if v is not None and k != "out"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-        f"{torch.get_num_threads()}",
+        "command": _command(args),
+        "device": _device_name(device),
         "torch": str(torch.__version__), "dataloader_workers": args.workers,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "results": rows,
     }
-    out = Path(args.out) if args.out else RESULTS / f"train_throughput_{device.type}.json"
+    write_report(report, Path(args.out) if args.out else RESULTS / f"train_throughput_{device.type}.json")
+
+
+def main_precision(args, device: torch.device, images, labels) -> None:
+    rows = []
+    print(f"{'model':<18}{'batch':>6}" + "".join(f"{m:>20}" for m in PRECISION_MODES) + f"{'bf16 speedup':>14}")
+    for name in args.models:
+        r = benchmark_precision(name, images, labels, device, args.steps, args.warmup, args.min_images)
+        rows.append(r)
+        print(f"{name:<18}{r['batch_size']:>6}" + "".join(f"{r[f'{m}_images_per_s']:>20,.0f}" for m in PRECISION_MODES)
+              + f"{r['bf16_speedup']:>13.2f}x", flush=True)
+    report = {
+        "what": "training images/s (forward+backward+optimizer step, on-device pipeline, documented recipe's batch "
+                "and augmentation) in three numeric modes; bf16 = autocast around the forward pass",
+        "command": _command(args),
+        "device": _device_name(device), "cpu_bf16_units": cpu_bf16_units() if device.type == "cpu" else None,
+        "torch": str(torch.__version__), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "results": rows,
+    }
+    write_report(report, Path(args.out) if args.out else RESULTS / f"train_precision_{device.type}.json")
+
+
+def _command(args) -> str:
+    return "python benchmarks/train_throughput.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+        for k, v in vars(args).items() if v is not None and k != "out")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return (f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+            f"{torch.get_num_threads()}")
+
+
+def write_report(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

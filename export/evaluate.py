@@ -2,6 +2,8 @@
 
 Runs the .onnx file alone with onnxruntime (CPU) on the CIFAR-10 test split, taking the class names
 from the file's metadata: what a consumer of the file would measure, with no PyTorch model involved.
+A file exported with test-time augmentation inside (metadata ``tta``) is measured with it, as
+served; the report and the printed line say which mode (``none`` for files without the key).
 
     python -m export.evaluate weights/dwsep.onnx --data cifar10-jpeg.tar.gz --limit 2000 --json eval.json
 """
@@ -65,7 +67,7 @@ def evaluate_model(path: str | os.PathLike, data: str | os.PathLike | None, limi
     images, labels = first_test_images(cifar, limit)
     start = time.perf_counter()
     report = accuracy_report(predict(session, images), labels, classes)
-    report.update(model=str(path), arch=meta.get("arch", ""), data=cifar.source,
+    report.update(model=str(path), arch=meta.get("arch", ""), tta=meta.get("tta", "none"), data=cifar.source,
                   seconds=round(time.perf_counter() - start, 2))
     return report
 
@@ -93,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
         return 2
+    tta = f" (TTA {report['tta']}, in the graph)" if report["tta"] != "none" else ""
     print(f"{report['arch'] or args.model}: test accuracy {100 * report['accuracy']:.2f}% "
-          f"on {report['images']} images")
+          f"on {report['images']} images{tta}")
     for name, acc in report["per_class_accuracy"].items():
         print(f"  {name:<12} {'-' if acc is None else f'{100 * acc:.2f}%'}")
     return 0

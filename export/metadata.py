@@ -3,8 +3,10 @@
 Keys (all values are strings, as ONNX requires): ``classes`` (JSON list, canonical order), ``arch``,
 ``source_checkpoint_sha256``, ``test_accuracy`` (decimal, "" if unknown), ``opset``, ``parity`` (JSON
 report), ``mean`` and ``std`` (JSON lists, [0, 1] units, RGB), ``epochs`` (epochs trained),
-``input_format``, ``exported_at``, ``torch_version``, and for int8 files ``quantization`` (JSON: its
-accuracy and speed against the fp32 model, whose ``parity`` report and other keys it carries over).
+``input_format``, ``exported_at``, ``torch_version``, ``tta`` (only in a graph with test-time
+augmentation inside: ``flip`` or ``flip_translate``; absent means none), and for int8 files
+``quantization`` (JSON: its accuracy and speed against the fp32 model, whose ``parity`` report and
+other keys it carries over).
 
 Reading needs only onnxruntime, which is what the service has.
 """
@@ -21,10 +23,10 @@ INPUT_FORMAT = "uint8 RGB, [batch, 32, 32, 3] (channels last, as decoded by Pill
 
 
 def build_metadata(ckpt: dict, *, sha256: str, opset: int, parity: dict, exported_at: str,
-                   torch_version: str) -> dict[str, str]:
+                   torch_version: str, tta: str = "none") -> dict[str, str]:
     """Every key the serving side relies on, as strings, from a checkpoint dict and export facts."""
     accuracy = ckpt.get("test_accuracy")
-    return {
+    props = {
         "classes": json.dumps(list(ckpt["classes"])),
         "arch": str(ckpt["arch"]),
         "source_checkpoint_sha256": sha256,
@@ -38,6 +40,9 @@ def build_metadata(ckpt: dict, *, sha256: str, opset: int, parity: dict, exporte
         "exported_at": exported_at,
         "torch_version": torch_version,
     }
+    if tta != "none":
+        props["tta"] = tta
+    return props
 
 
 def set_metadata(proto: onnx.ModelProto, props: dict[str, str]) -> None:

@@ -2,12 +2,21 @@
 
     python -m export.onnx runs/tutorial/best.pt                    # -> weights/tutorial.onnx
     python -m export.onnx CKPT --out weights/x.onnx --data cifar10-jpeg.tar.gz --int8 --triton-repo triton/
+    python -m export.onnx CKPT --tta flip_translate                # test-time augmentation inside the graph
 
 Steps: load the checkpoint; trace model + preprocessing into a graph (``export.graph``); check it;
 measure parity against PyTorch on real test images (all 10,000 by default) or, without data, random
 images, plus edge inputs (``export.parity``); store the description and the parity figures in the
 model's metadata (``export.metadata``); write the file atomically. The model never reaches the output
 path if any step fails. The parity report is written beside the model as ``NAME.parity.json``.
+
+``--tta flip|flip_translate`` (``training.tta``) puts test-time augmentation into the graph, after
+the preprocessing and before the softmax: ``logits`` are the views' weighted average and
+``probabilities`` their softmax, so every consumer of the file gets it without code of its own.
+Parity is then measured against the same ``TTA`` module in PyTorch, and the mode is stored in the
+metadata key ``tta`` (and the parity report). Without ``--tta`` the checkpoint's recipe decides
+(its ``tta`` key, if it has one), else ``none``: the graph, metadata and report are then exactly
+what they were before TTA existed (no ``tta`` key).
 
 Exit status: 0 ok, 1 parity failed, 2 bad input (unreadable checkpoint, data or arguments).
 """
@@ -33,6 +42,7 @@ from export.metadata import build_metadata, set_metadata
 from export.parity import MAX_PROB_DIFF, MIN_TOP1_AGREEMENT, measure_parity, summary
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.data import DataError
+from training.tta import TTA_MODES, with_tta
 
 RANDOM_PARITY_IMAGES = 1000  # without data: enough random batches to exercise every path, seconds to run
 NO_DATA_MESSAGE = ("no CIFAR-10 data (pass --data PATH or set CIFAR10_DATA): "
@@ -64,19 +74,24 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
                       min_top1_agreement: float = MIN_TOP1_AGREEMENT, int8: bool = False,
                       int8_max_drop: float = 0.5, calibration_images: int = 512,
                       triton_repo: str | os.PathLike | None = None, triton_max_batch: int = 256,
-                      log: Callable[[str], None] = print) -> dict:
+                      tta: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Export ``ckpt_path`` to ``out_path`` (default ``weights/<arch>.onnx``); return the parity report.
 
     ``parity_images``: how many test images (default all) or, without data, random images (default
     1000) to compare on. ``data``: CIFAR-10 source, default ``$CIFAR10_DATA``. ``int8``: also write a
     statically quantized ``NAME.int8.onnx``, kept if its accuracy drop is at most ``int8_max_drop``
-    points. ``triton_repo``: also write a Triton model repository there.
+    points. ``triton_repo``: also write a Triton model repository there. ``tta``: test-time
+    augmentation mode put into the graph (``training.tta.TTA_MODES``); None: the checkpoint recipe's
+    ``tta`` if present, else "none".
 
     Raises ``CheckpointError`` / ``DataError`` / ``ExportError`` (bad input; messages are for the
     user as is) and ``ParityError`` (parity failed; nothing is written at ``out_path``).
     """
+    if tta is not None:
+        check_tta(tta)
     ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt)
+    tta = check_tta(checkpoint_tta(ckpt)) if tta is None else tta
+    model = with_tta(model_from_checkpoint(ckpt), tta)
     out_path = Path(out_path) if out_path else default_out_path(ckpt["arch"])
     opset = DEFAULT_OPSET if opset is None else opset
     if parity_images is not None and parity_images < 1:
@@ -97,7 +112,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     parity = measure_parity(model, ckpt["mean"], ckpt["std"], measured, images, labels, source=source,
                             max_prob_diff=max_prob_diff, min_top1_agreement=min_top1_agreement)
     report = {"arch": ckpt["arch"], "checkpoint": str(ckpt_path), "model": str(out_path),
-              "source_checkpoint_sha256": file_sha256(ckpt_path), "opset": opset, **parity}
+              "source_checkpoint_sha256": file_sha256(ckpt_path), "opset": opset,
+              **({"tta": tta} if tta != "none" else {}), **parity}
     if not parity["passed"]:
         failed = report_path(out_path, ".parity-failed.json")
         write_json_atomic(failed, report)
@@ -105,7 +121,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
 
     set_metadata(proto, build_metadata(
         ckpt, sha256=report["source_checkpoint_sha256"], opset=opset, parity=parity,
-        exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch_version=str(torch.__version__)))
+        exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch_version=str(torch.__version__),
+        tta=tta))
     final = proto.SerializeToString()
     # What is written must be what was measured plus metadata, nothing else: compare the graphs as stored.
     if onnx.load_from_string(final).graph != onnx.load_from_string(measured).graph:
@@ -130,6 +147,18 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     return report
 
 
+def check_tta(mode: str) -> str:
+    if mode not in TTA_MODES:
+        raise ExportError(f"--tta must be one of {', '.join(TTA_MODES)}, not {mode!r}")
+    return mode
+
+
+def checkpoint_tta(ckpt: dict) -> str:
+    """The TTA mode a checkpoint's recipe asks for (its ``tta`` key), else "none"."""
+    recipe = ckpt.get("recipe")
+    return str(recipe.get("tta") or "none") if isinstance(recipe, dict) else "none"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m export.onnx",
                                 description="Export a checkpoint to a self-describing ONNX model with verified parity.")
@@ -148,6 +177,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calibration-images", type=int, default=512, help="training images for int8 calibration")
     p.add_argument("--triton-repo", help="also write a Triton/KServe model repository entry under this folder")
     p.add_argument("--triton-max-batch", type=int, default=256, help="max_batch_size in config.pbtxt")
+    p.add_argument("--tta", metavar="{" + ",".join(TTA_MODES) + "}",
+                   help="test-time augmentation inside the graph: averaged logits over the mirror (flip) or the "
+                        "mirror and 1-pixel translations (flip_translate); default: the checkpoint recipe's "
+                        "'tta' if any, else none")
     return p.parse_args(argv)
 
 
@@ -161,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                           data=args.data, max_prob_diff=args.max_prob_diff,
                           min_top1_agreement=args.min_top1_agreement, int8=args.int8,
                           calibration_images=args.calibration_images, triton_repo=args.triton_repo,
-                          triton_max_batch=args.triton_max_batch)
+                          triton_max_batch=args.triton_max_batch, tta=args.tta)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

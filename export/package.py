@@ -4,7 +4,9 @@ For each run (a training output folder, whose ``best.pt`` is taken, or a checkpo
 
 1. ``weights/<model>.pt``: the checkpoint without optimizer, scheduler and RNG state (fp32 weights,
    metadata, metrics), loadable with ``torch.load(..., weights_only=True)``;
-2. ``weights/<model>.onnx``: exported from that file with ``export.onnx`` (parity on all test images);
+2. ``weights/<model>.onnx``: exported from that file with ``export.onnx`` (parity on all test images),
+   with test-time augmentation inside the graph if ``--tta`` (all runs given) or the run's recipe
+   (its ``tta`` key) asks for it, else none;
 3. test accuracy and per-class accuracy of the ONNX file on the whole test split, and its CPU
    throughput with onnxruntime;
 4. an entry in ``weights/MANIFEST.json`` (entries of other models are kept);
@@ -33,13 +35,13 @@ import torch
 from export import ExportError
 from export.evaluate import EvaluationError, evaluate_model
 from export.files import write_json_atomic
-from export.onnx import export_checkpoint, file_sha256
+from export.onnx import check_tta, export_checkpoint, file_sha256
 from export.quantize import images_per_second
 from training.checkpoint import CheckpointError, atomic_save, load_checkpoint, model_from_checkpoint
 from training.data import DataError, load_cifar10
 from training.models import count_parameters
 
-TRAINING_STATE = ("optimizer", "scheduler", "rng")
+TRAINING_STATE = ("optimizer", "scheduler", "rng", "lookahead")
 DATASET = "CIFAR-10, JPEG-q75 copy (../shared/data/cifar10-jpeg.tar.gz), 10,000 test images"
 MAX_FILE_BYTES = 16 * 2**20
 THROUGHPUT_IMAGES = 2048
@@ -63,7 +65,7 @@ def copy_run_evidence(run_dir: Path, docs: Path) -> str:
 
 
 def package_run(run: str | os.PathLike, weights: Path, data: str | None, command: str | None = None,
-                docs: Path | None = None) -> dict:
+                docs: Path | None = None, tta: str | None = None) -> dict:
     source = checkpoint_of(run)
     ckpt = load_checkpoint(source)
     # best.pt stops at the selected epoch; the run's last.pt knows how far training went.
@@ -73,7 +75,7 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
     slim = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
     pt_path, onnx_path = weights / f"{arch}.pt", weights / f"{arch}.onnx"
     atomic_save(slim, pt_path)
-    parity = export_checkpoint(pt_path, onnx_path, data=data)
+    parity = export_checkpoint(pt_path, onnx_path, data=data, tta=tta)
     evaluation = evaluate_model(onnx_path, data)
     for path in (pt_path, onnx_path):
         if path.stat().st_size >= MAX_FILE_BYTES:
@@ -89,7 +91,7 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
         "parity": {k: parity[k] for k in ("source", "images", "max_abs_diff_logits", "max_abs_diff_probabilities",
                                           "top1_agreement", "passed")},
         "parameters": count_parameters(model_from_checkpoint(ckpt)),
-        "test_accuracy": round(evaluation["accuracy"], 4),
+        "test_accuracy": round(evaluation["accuracy"], 4), "tta": evaluation["tta"],
         "per_class_accuracy": {k: round(v, 4) for k, v in evaluation["per_class_accuracy"].items()},
         "test_images": evaluation["images"], "dataset": DATASET,
         "epochs": last["epoch"], "epochs_planned": last.get("epochs"),
@@ -132,18 +134,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", default="docs/runs", help="where each run's metrics and plots are copied")
     p.add_argument("--default", help="the default model (else chosen by accuracy among the fast ones)")
     p.add_argument("--min-default-images-per-s", type=float, default=1000.0)
+    p.add_argument("--tta", metavar="{none,flip,flip_translate}",
+                   help="test-time augmentation inside every exported graph (default: each run's recipe 'tta', "
+                        "else none)")
     args = p.parse_args(argv)
     weights = Path(args.weights)
     manifest_path = weights / "MANIFEST.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
     try:
+        if args.tta is not None:
+            check_tta(args.tta)
         for run in args.runs:
             arch = load_checkpoint(checkpoint_of(run))["arch"]
-            manifest["models"][arch] = package_run(run, weights, args.data, args.command, Path(args.docs))
+            manifest["models"][arch] = package_run(run, weights, args.data, args.command, Path(args.docs), args.tta)
             entry = manifest["models"][arch]
             print(f"{arch}: test accuracy {100 * entry['test_accuracy']:.2f}% after {entry['epochs']} epochs "
                   f"(epoch {entry['selected_epoch']} selected on {entry['selected_on']}), "
-                  f"{entry['cpu_images_per_s']:,.0f} images/s on CPU -> {weights / entry['onnx']}", flush=True)
+                  f"{entry['cpu_images_per_s']:,.0f} images/s on CPU"
+                  f"{'' if entry['tta'] == 'none' else ', TTA ' + entry['tta'] + ' in the graph'} "
+                  f"-> {weights / entry['onnx']}", flush=True)
     except (CheckpointError, DataError, ExportError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,14 +8,15 @@ from training.recipes import RECIPES
 
 DOCUMENTED = {"tutorial", "tutorial_plus", "dwsep", "adaptive", "staged_baseline", "staged_attention",
               "staged_advanced", "backbone6"}
+AIRBENCH = {"whitened_vgg_fast", "whitened_vgg_best"}  # from the airbench paper/repository, not a seed document
 
 
 def test_registry_holds_every_documented_model_and_a_recipe_for_each():
-    assert set(list_models()) == DOCUMENTED
-    assert DOCUMENTED <= set(RECIPES)
+    assert set(list_models()) == DOCUMENTED | AIRBENCH
+    assert DOCUMENTED | AIRBENCH <= set(RECIPES)
 
 
-@pytest.mark.parametrize("name", sorted(DOCUMENTED))
+@pytest.mark.parametrize("name", sorted(DOCUMENTED | AIRBENCH))
 def test_model_builds_gives_ten_logits_and_has_the_parameter_count_its_docstring_states(name):
     torch.manual_seed(0)
     model = create_model(name).eval()
@@ -51,3 +52,33 @@ def test_unknown_model_name_lists_the_known_ones():
     with pytest.raises(UnknownModelError) as err:
         create_model("resnet9000")
     assert "resnet9000" in str(err.value) and "dwsep" in str(err.value)
+
+
+def test_adaptive_conv_mixing_kernels_equals_mixing_outputs():
+    """The fast training form (one grouped conv of per-sample mixed kernels) is the documented function."""
+    import torch
+
+    from training.models.adaptive import AdaptiveConv2d
+
+    torch.manual_seed(0)
+    layer = AdaptiveConv2d(32)
+    x = torch.randn(6, 32, 16, 16)
+    torch.testing.assert_close(layer.forward_mixed_kernels(x), layer.forward_mixed_outputs(x), rtol=1e-5, atol=1e-5)
+    # the training path (>= 16x16) and the gradients agree too
+    x.requires_grad_(True)
+    layer(x).square().sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()]
+    layer.zero_grad()
+    x.grad = None
+    layer.forward_mixed_outputs(x).square().sum().backward()
+    for a, b in zip(grads, [p.grad for p in layer.parameters()] + [x.grad], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_adaptive_keeps_its_parameter_count_and_state_dict_keys():
+    from training.models import count_parameters, create_model
+
+    model = create_model("adaptive")
+    assert count_parameters(model) == 3_860_106
+    assert "features.0.adaptive.convs.weight" in model.state_dict()
+    assert "features.2.adaptive.gate.2.bias" in model.state_dict()

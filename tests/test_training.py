@@ -149,3 +149,140 @@ def test_torchrun_with_two_cpu_processes_trains(data_archive, tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["args"]["world_size"] == 2
     # both ranks' shards are counted: 400 images per epoch in all
     assert ckpt["scheduler"]["last_epoch"] == 2 * (400 // 2 // 4)
+
+
+# --- precision, threads, schedules on resume, gradient accumulation ----------------------------------
+
+def test_default_cpu_training_uses_bf16_and_channels_last_where_the_cpu_has_it(short_run):
+    from training.hardware import cpu_bf16_units
+
+    ckpt = load_checkpoint(short_run / "last.pt")
+    has_units = cpu_bf16_units() is not None
+    assert ckpt["args"]["precision"] == ("bf16" if has_units else "fp32")
+    assert ckpt["args"]["channels_last"] is has_units
+    # whatever trained it, the checkpoint holds fp32 weights
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_forced_precisions_train_and_are_recorded(data_archive, tmp_path):
+    for precision in ("bf16", "fp32"):
+        out = tmp_path / precision
+        result = run_cli("-m", "training.run", "--model", "tutorial", "--data", str(data_archive), "--limit", "256",
+                         "--val-size", "64", "--eval-limit", "64", "--epochs", "1", "--batch-size", "32",
+                         "--precision", precision, "--threads", "1", "--out", str(out), "--no-progress")
+        assert result.returncode == 0, result.stderr
+        assert f"precision: {precision} (asked for)" in result.stdout and "1 CPU thread(s)" in result.stdout
+        ckpt = load_checkpoint(out / "last.pt")
+        assert ckpt["args"]["precision"] == precision and ckpt["args"]["threads"] == 1
+        assert ckpt["args"]["channels_last"] is (precision == "bf16")
+
+
+def test_contradictory_precision_flags_are_a_one_line_error(tmp_path):
+    result = run_cli("-m", "training.run", "--model", "tutorial", "--amp", "--precision", "fp32", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "--amp (bf16) contradicts --precision fp32" in result.stderr
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_a_schedule_extended_on_resume_continues_as_if_planned_for_the_new_length(schedule):
+    from training.engine import build_optimizer, build_scheduler, restore_scheduler
+    from training.recipes import Recipe
+
+    def setup(epochs):
+        recipe = Recipe(model="tutorial", epochs=epochs, batch_size=8, optimizer="sgd", lr=0.1, momentum=0.9,
+                        schedule=schedule)
+        model = torch.nn.Linear(2, 2)
+        optimizer = build_optimizer(recipe, model)
+        return recipe, optimizer, build_scheduler(recipe, optimizer, steps_per_epoch=5)
+
+    def step(optimizer, scheduler, n):
+        for _ in range(n):
+            optimizer.step()
+            scheduler.step()
+
+    _, opt_short, sched_short = setup(4)
+    step(opt_short, sched_short, 20)  # the whole 4-epoch plan: one-cycle cannot step any further
+    recipe, opt_long, sched_long = setup(6)
+    opt_long.load_state_dict(opt_short.state_dict())
+    message = restore_scheduler(sched_long, sched_short.state_dict(), recipe, opt_long)
+    assert message and "rebuilt for 30 steps (was 20)" in message
+
+    _, opt_ref, sched_ref = setup(6)  # planned for 6 epochs from the start
+    step(opt_ref, sched_ref, 20)
+    for _ in range(10):
+        assert opt_long.param_groups[0]["lr"] == pytest.approx(opt_ref.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
+        if schedule == "onecycle":
+            assert opt_long.param_groups[0]["momentum"] == pytest.approx(opt_ref.param_groups[0]["momentum"])
+        step(opt_long, sched_long, 1)
+        step(opt_ref, sched_ref, 1)
+    assert opt_long.param_groups[0]["lr"] == pytest.approx(opt_ref.param_groups[0]["lr"], abs=1e-12)
+
+
+def test_resume_past_the_planned_epochs_trains_on(data_archive, tmp_path):
+    common = ["--data", str(data_archive), "--eval-limit", "64", "--no-progress"]
+    first = run_cli("-m", "training.run", "--model", "dwsep", "--recipe", "dwsep_onecycle", "--limit", "256",
+                    "--val-size", "64", "--epochs", "2", "--batch-size", "64", "--precision", "fp32",
+                    "--out", str(tmp_path), *common)
+    assert first.returncode == 0, first.stderr
+    more = run_cli("-m", "training.run", "--resume", str(tmp_path / "last.pt"), "--epochs", "3", *common[:2],
+                   "--no-progress")
+    assert more.returncode == 0, more.stderr
+    assert "one-cycle schedule rebuilt for 12 steps (was 8)" in more.stdout
+    assert "keeping the run's precision fp32, channels_last False" in more.stdout
+    assert "overridden by flags" not in more.stdout
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 3 and ckpt["epochs"] == 3 and ckpt["args"]["precision"] == "fp32"
+    assert ckpt["args"]["eval_limit"] == 64 and ckpt["scheduler"]["total_steps"] == 12
+
+    override = run_cli("-m", "training.run", "--resume", str(tmp_path / "last.pt"), "--epochs", "4",
+                       "--precision", "bf16", *common[:2], "--no-progress")
+    assert override.returncode == 0, override.stderr
+    assert "overridden by flags: precision bf16 (the run had fp32)" in override.stdout
+    assert load_checkpoint(tmp_path / "last.pt")["args"]["precision"] == "bf16"
+
+
+def test_accumulated_micro_batches_weigh_every_image_equally(cifar):
+    """2 x 32 accumulated equals 1 x 64, and a short last group is not under-scaled (96 images)."""
+    from training.data import DeviceLoader
+    from training.engine import build_optimizer, build_scheduler, train_one_epoch
+    from training.models import create_model
+    from training.recipes import HALF, Recipe
+
+    images, labels = cifar.train_images[:96], cifar.train_labels[:96]
+
+    def train(batch_size, accum):
+        torch.manual_seed(0)
+        model = create_model("tutorial")  # no batch norm: micro-batches see the same function as one batch
+        recipe = Recipe(model="tutorial", epochs=1, batch_size=batch_size, optimizer="sgd", lr=0.5,
+                        grad_accum_steps=accum)
+        loader = DeviceLoader(images, labels, batch_size, torch.device("cpu"), *HALF)
+        optimizer = build_optimizer(recipe, model)
+        scheduler = build_scheduler(recipe, optimizer, 2)
+        train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scheduler, recipe,
+                        torch.device("cpu"))
+        return model.state_dict()
+
+    one_big, accumulated = train(64, 1), train(32, 2)  # steps of [64, 32] images either way
+    for key in one_big:
+        torch.testing.assert_close(accumulated[key], one_big[key], rtol=1e-5, atol=1e-6)
+
+
+def test_whitened_vgg_recipe_trains_with_lookahead_whitening_and_tta(data_archive, tmp_path):
+    """The airbench-style recipe end to end: its checkpoint's TTA figure is what training.evaluate reproduces."""
+    result = run_cli("-m", "training.run", "--model", "whitened_vgg_fast", "--data", str(data_archive),
+                     "--limit", "1024", "--val-size", "0", "--eval-limit", "200", "--epochs", "2",
+                     "--batch-size", "256", "--threads", "1", "--out", str(tmp_path), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    rows = ckpt["metrics"]
+    assert "test_acc_tta" not in rows[0] and "test_acc_tta" in rows[1]  # TTA on the epoch the file selects
+    assert ckpt["test_tta"] == "flip_translate" and ckpt["test_accuracy"] == rows[1]["test_acc_tta"]
+    assert set(ckpt["lookahead"]) <= set(ckpt["state_dict"]) and "whiten.weight" in ckpt["lookahead"]
+    # the whitening filters were fitted to the data, then never trained
+    first = torch.load(tmp_path / "last.pt", weights_only=True)["state_dict"]["whiten.weight"]
+    assert torch.equal(first[:12], -first[12:])
+    report = run_cli("-m", "training.evaluate", str(tmp_path / "last.pt"), "--data", str(data_archive),
+                     "--limit", "200", "--json", str(tmp_path / "eval.json"))
+    assert report.returncode == 0, report.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["test_accuracy"] == pytest.approx(ckpt["test_accuracy"])
+    assert "TTA flip_translate" in report.stdout

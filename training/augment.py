@@ -21,6 +21,7 @@ class Augment:
     crop_padding: int = 0          # random 32x32 crop from the image padded by this many pixels
     pad_mode: str = "constant"     # "constant" (zeros) or "reflect"
     flip: bool = False             # horizontal flip with probability 1/2
+    alternating_flip: bool = False  # with flip: each image flipped every other epoch, half of them from epoch 1
     rotation: float = 0.0          # uniform random rotation in [-rotation, +rotation] degrees
     brightness: float = 0.0        # color jitter factors as in torchvision's ColorJitter
     contrast: float = 0.0
@@ -33,16 +34,19 @@ class Augment:
             raise ValueError(f"pad_mode must be 'constant' or 'reflect', not {self.pad_mode!r}")
         if not 0.0 <= self.hue <= 0.5:
             raise ValueError("hue must be in [0, 0.5]")
+        if self.alternating_flip and not self.flip:
+            raise ValueError("alternating_flip needs flip=True")
 
     @property
     def enabled(self) -> bool:
         return self != Augment()
 
-    def before_normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def before_normalize(self, x: torch.Tensor, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``flip_mask`` (N,) bool: which images to flip, for ``alternating_flip`` (else drawn at random)."""
         if self.crop_padding:
             x = random_crop(x, self.crop_padding, self.pad_mode)
         if self.flip:
-            x = random_flip(x)
+            x = random_flip(x) if flip_mask is None else torch.where(flip_mask[:, None, None, None], x.flip(3), x)
         if self.rotation:
             x = random_rotation(x, self.rotation)
         if self.brightness or self.contrast or self.saturation or self.hue:

@@ -275,6 +275,12 @@ class DeviceLoader:
         self.batch_size, self.augment, self.shuffle, self.drop_last = batch_size, augment, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.channels_last = seed, rank, world_size, channels_last
         self.epoch = 0
+        # Alternating flip (airbench): a fixed random half of the images is flipped in even epochs,
+        # the other half in odd ones, so every image is seen both ways every two epochs.
+        self.flip_parity = None
+        if augment is not None and augment.alternating_flip:
+            g = torch.Generator().manual_seed(seed * 100_003 + 7)
+            self.flip_parity = (torch.rand(len(self.labels), generator=g) < 0.5).to(self.labels.device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -288,6 +294,11 @@ class DeviceLoader:
     def __len__(self) -> int:
         n = len(self.labels) // self.world_size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def batch_sizes(self) -> list[int]:
+        """Images in each batch of an epoch, in order (only the last one may be short)."""
+        n = self.num_samples
+        return [min(self.batch_size, n - start) for start in range(0, len(self) * self.batch_size, self.batch_size)]
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -304,12 +315,18 @@ class DeviceLoader:
         order = self._indices()
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.prepare(self.images[idx]), self.labels[idx]
+            flip_mask = None if self.flip_parity is None else self.flip_parity[idx] ^ bool(self.epoch % 2)
+            yield self.prepare(self.images[idx], flip_mask), self.labels[idx]
 
-    def prepare(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+    def normalized(self, count: int) -> torch.Tensor:
+        """The first ``count`` images, normalized and without augmentation (for data-dependent init)."""
+        x = self.images[:count].float().div(255)
+        return (x - self.mean) / self.std
+
+    def prepare(self, batch_uint8: torch.Tensor, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = batch_uint8.float().div_(255)
         if self.augment is not None:
-            x = self.augment.before_normalize(x)
+            x = self.augment.before_normalize(x, flip_mask)
         x = (x - self.mean) / self.std
         if self.augment is not None:
             x = self.augment.after_normalize(x)

@@ -15,8 +15,29 @@ from training.data import DeviceLoader
 from training.recipes import Recipe
 
 
-def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+def parameter_groups(recipe: Recipe, model: nn.Module) -> list[dict]:
+    """All trainable parameters, BatchNorm shifts in their own group when the recipe scales their LR.
+
+    That group's weight decay is divided by the same factor, so the absolute decay per step (LR x
+    decay) is the same for every parameter (airbench's "bias_scaler"). Built before training starts,
+    so it includes parameters that train for part of the run only (a whitening layer's bias): the
+    optimizer skips a parameter while its gradient is None.
+    """
+    norm_shifts = [m.bias for m in model.modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None and m.bias.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.norm_bias_lr_scale == 1.0 or not norm_shifts:
+        return [{"params": params}]
+    scale = recipe.norm_bias_lr_scale
+    shift_ids = {id(p) for p in norm_shifts}
+    return [
+        {"params": [p for p in params if id(p) not in shift_ids]},
+        {"params": norm_shifts, "lr": recipe.lr * scale, "weight_decay": recipe.weight_decay / scale},
+    ]
+
+
+def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    params = parameter_groups(recipe, model)
     wd = recipe.weight_decay
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
@@ -40,7 +61,107 @@ def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_
     if recipe.schedule == "step":
         milestones = [m * steps_per_epoch for m in recipe.milestones]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=recipe.gamma)
+    if recipe.schedule == "triangle":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, TriangleSchedule(recipe, total))
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+class TriangleSchedule:
+    """LR factor: linear from ``lr_start_factor`` up to 1 over the warm-up, then linear to ``lr_end_factor``.
+
+    airbench's schedule. A closed form of the step, so a run resumed with another length simply
+    continues on the new line.
+    """
+
+    def __init__(self, recipe: Recipe, total_steps: int):
+        self.start, self.end = recipe.lr_start_factor, recipe.lr_end_factor
+        self.total = max(total_steps, 1)
+        self.peak = recipe.warmup_fraction * self.total
+
+    def __call__(self, step: int) -> float:
+        if step < self.peak:
+            return self.start + (1 - self.start) * step / self.peak
+        return 1 + (self.end - 1) * min(1.0, (step - self.peak) / max(self.total - self.peak, 1e-9))
+
+
+def restore_scheduler(scheduler, state: dict, recipe: Recipe, optimizer: torch.optim.Optimizer) -> str | None:
+    """Load a saved schedule into ``scheduler``, built for ``recipe.epochs``, which may differ from the run's plan.
+
+    A run resumed with another ``--epochs`` continues on the schedule it would have had if it had
+    been planned for that length from the start, at the step it reached: one-cycle and cosine are
+    rebuilt (loading the old state as is would make one-cycle raise past its last step and cosine
+    climb back up). Returns a line for the log when the schedule changed, else None.
+    """
+    if recipe.schedule == "onecycle" and state["total_steps"] != scheduler.total_steps:
+        old_total = state["total_steps"]
+        # Keep the new length and the phase boundaries derived from it; take the rest (step count...).
+        scheduler.load_state_dict({k: v for k, v in state.items() if k not in ("total_steps", "_schedule_phases")})
+        # OneCycleLR is closed-form in its step count: recompute the LR (and momentum) of the current step.
+        scheduler.last_epoch -= 1
+        scheduler.step()
+        return (f"one-cycle schedule rebuilt for {scheduler.total_steps} steps (was {old_total}); "
+                f"LR now {optimizer.param_groups[0]['lr']:.3e}")
+    if recipe.schedule == "cosine" and state["T_max"] != scheduler.T_max:
+        old_total = state["T_max"]
+        scheduler.load_state_dict({**state, "T_max": scheduler.T_max})
+        # The scheduler's own update is recursive in the previous LR: set the current one in closed form.
+        lrs = scheduler._get_closed_form_lr()
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        scheduler._last_lr = list(lrs)
+        return (f"cosine schedule rebuilt for {scheduler.T_max} steps (was {old_total}); "
+                f"LR now {optimizer.param_groups[0]['lr']:.3e}")
+    if recipe.schedule == "triangle":
+        old_total = state["lr_lambdas"][0]["total"] if state.get("lr_lambdas") and state["lr_lambdas"][0] else None
+        # Keep the new schedule object (its length); take the step count and base LRs.
+        scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
+        scheduler.last_epoch -= 1  # closed form: recompute the current step's LR for this length
+        scheduler.step()
+        new_total = scheduler.lr_lambdas[0].total
+        if old_total is not None and old_total != new_total:
+            return f"triangle schedule rebuilt for {new_total} steps (was {old_total}); " \
+                   f"LR now {optimizer.param_groups[0]['lr']:.3e}"
+        return None
+    scheduler.load_state_dict(state)
+    return None
+
+
+class Lookahead:
+    """airbench's Lookahead: every ``every`` steps the weights are pulled to their running average.
+
+    The average (of the whole float state: weights and BatchNorm statistics) moves towards the
+    current weights by ``1 - decay``, then the weights are set to it. ``decay`` ramps up as
+    ``recipe.lookahead_decay * (step / total) ** 3``: early steps follow the optimizer, late ones are
+    averaged strongly. ``finish`` sets the weights to the average, which the trained model keeps.
+    """
+
+    def __init__(self, model: nn.Module, recipe: Recipe, total_steps: int):
+        self.model, self.every, self.decay = model, recipe.lookahead_every, recipe.lookahead_decay
+        self.total = max(total_steps, 1)
+        self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Call after optimizer step number ``step`` (1-based, counted over the whole run)."""
+        if step % self.every == 0:
+            self._pull(self.decay * min(step / self.total, 1.0) ** 3)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        self._pull(1.0)
+
+    def _pull(self, decay: float) -> None:
+        state = self.model.state_dict()
+        for key, avg in self.average.items():
+            avg.lerp_(state[key], 1 - decay)
+            state[key].copy_(avg)
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().float().cpu() for k, v in self.average.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, avg in self.average.items():
+            avg.copy_(state[key])
 
 
 def steps_per_epoch(loader: DeviceLoader, recipe: Recipe) -> int:
@@ -63,18 +184,25 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 def train_one_epoch(model: nn.Module, loader: DeviceLoader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, recipe: Recipe, device: torch.device,
-                    amp: bool = False, progress: str | None = None) -> dict:
+                    amp: bool = False, progress: str | None = None, lookahead: Lookahead | None = None,
+                    first_step: int = 0) -> dict:
     """One pass over ``loader``; returns train loss, accuracy, images/s and the last LR."""
     model.train()
     accum = recipe.grad_accum_steps
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    batches = len(loader)
+    sizes = loader.batch_sizes()
+    batches = len(sizes)
     bar = tqdm(loader, total=batches, desc=progress, leave=False, dynamic_ncols=True, disable=progress is None)
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
+    group_size = 0
     for i, (x, y) in enumerate(bar):
+        if i % accum == 0:
+            # Images in this optimizer step: the last group of an epoch may hold fewer micro-batches,
+            # and its last micro-batch fewer images; each image weighs the same in every step.
+            group_size = sum(sizes[i : i + accum])
         last_of_group = (i + 1) % accum == 0 or i + 1 == batches
         # Under DDP, skip the gradient all-reduce for all but the last micro-batch of a group.
         sync = model.no_sync() if hasattr(model, "no_sync") and not last_of_group else contextlib.nullcontext()
@@ -82,13 +210,16 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, criterion: nn.Module
             with autocast(device, amp):
                 logits = model(x)
                 loss = criterion(logits.float(), y)
-            (loss / accum).backward()
+            (loss * (len(y) / group_size)).backward()
         if last_of_group:
             if recipe.grad_clip_value is not None:
                 nn.utils.clip_grad_value_(model.parameters(), recipe.grad_clip_value)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            first_step += 1
+            if lookahead is not None:
+                lookahead.after_step(first_step)
         total_loss += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -109,14 +240,17 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, criterion: nn.Module
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DeviceLoader, criterion: nn.Module, device: torch.device,
-             amp: bool = False, num_classes: int = 10) -> dict:
-    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) over ``loader``."""
+             num_classes: int = 10) -> dict:
+    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) over ``loader``.
+
+    Always fp32, whatever precision trained the model: the accuracy stored in a checkpoint is then
+    the one ``training.evaluate`` and the exported ONNX model reproduce.
+    """
     model.eval()
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
     for x, y in loader:
-        with autocast(device, amp):
-            logits = model(x).float()
+        logits = model(x).float()
         total_loss += criterion(logits, y).double() * len(y)
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
     confusion = confusion.view(num_classes, num_classes).cpu()

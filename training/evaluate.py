@@ -2,6 +2,8 @@
 
 Prints test accuracy, per-class accuracy and the confusion matrix (rows: true class, columns:
 predicted); ``--json FILE`` also writes them, ``--plot FILE`` draws the confusion matrix.
+``--tta flip|flip_translate`` averages the logits over test-time views (``training.tta``: the mirror,
+or the mirror and airbench's 1-pixel translations); evaluation is fp32 either way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn as nn
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.data import DataError, DeviceLoader, load_cifar10
 from training.engine import evaluate
+from training.tta import TTA_MODES, with_tta
 
 
 def per_class_accuracy(confusion: list[list[int]], classes) -> dict[str, float]:
@@ -24,9 +27,12 @@ def per_class_accuracy(confusion: list[list[int]], classes) -> dict[str, float]:
 
 
 def evaluate_checkpoint(ckpt_path: str | Path, data: str | None, device: str = "cpu",
-                        limit: int | None = None, batch_size: int = 500) -> dict:
+                        limit: int | None = None, batch_size: int = 500, tta: str | None = None) -> dict:
+    """``tta`` None: the checkpoint's recipe's test-time augmentation, as its ONNX export runs it."""
     ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt).to(device)
+    if tta is None:
+        tta = ckpt["recipe"].get("tta", "none")
+    model = with_tta(model_from_checkpoint(ckpt), tta).to(device)
     cifar = load_cifar10(data)
     images, labels = cifar.test_images[:limit], cifar.test_labels[:limit]
     loader = DeviceLoader(images, labels, batch_size, torch.device(device), ckpt["mean"], ckpt["std"])
@@ -34,6 +40,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, data: str | None, device: str = "
     classes = tuple(ckpt["classes"])
     return {
         "checkpoint": str(ckpt_path), "arch": ckpt["arch"], "epoch": ckpt["epoch"], "images": len(labels),
+        "tta": tta,
         "test_accuracy": result["acc"], "test_loss": result["loss"],
         "per_class_accuracy": per_class_accuracy(result["confusion"], classes),
         "confusion": result["confusion"], "classes": list(classes),
@@ -41,7 +48,8 @@ def evaluate_checkpoint(ckpt_path: str | Path, data: str | None, device: str = "
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['arch']} (epoch {r['epoch']}) on {r['images']:,} test images: "
+    tta = f", TTA {r['tta']}" if r.get("tta", "none") != "none" else ""
+    lines = [f"{r['arch']} (epoch {r['epoch']}{tta}) on {r['images']:,} test images: "
              f"accuracy {r['test_accuracy']:.4f}, loss {r['test_loss']:.4f}", "per-class accuracy:"]
     lines += [f"  {c:<11}{a:.4f}" for c, a in r["per_class_accuracy"].items()]
     width = max(len(c) for c in r["classes"])
@@ -59,11 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="first N test images only")
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--plot", help="also draw the confusion matrix as PNG here")
+    p.add_argument("--tta", metavar="{" + ",".join(TTA_MODES) + "}",
+                   help="test-time augmentation: none, flip (image + mirror), flip_translate (airbench's six "
+                        "views: mirror and 1-pixel translations); default: the recipe's, as the export runs it")
     args = p.parse_args(argv)
+    if args.tta is not None and args.tta not in TTA_MODES:
+        print(f"error: --tta must be one of {', '.join(TTA_MODES)}, not {args.tta!r}", file=sys.stderr)
+        return 2
     try:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise DataError("--device cuda asked for, but no CUDA device is available")
-        report = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.limit)
+        report = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.limit, tta=args.tta)
     except (CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

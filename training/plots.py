@@ -11,19 +11,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_curves(metrics: list[dict], out_dir: Path, title: str) -> list[Path]:
+def plot_curves(metrics: list[dict], out_dir: Path, title: str, label_smoothing: float = 0.0) -> list[Path]:
+    """Loss, accuracy and LR per epoch. The training loss is the recipe's criterion, so with label
+    smoothing it sits higher than val/test (plain cross-entropy); its legend entry says so."""
     epochs = [m["epoch"] for m in metrics]
+    labels = {"train_loss": f"train (label smoothing {label_smoothing:g})" if label_smoothing else "train",
+              "test_acc_tta": "test, with TTA"}
     written = []
     for name, keys, ylabel in (
         ("loss", ("train_loss", "val_loss", "test_loss"), "cross-entropy loss"),
-        ("accuracy", ("train_acc", "val_acc", "test_acc"), "accuracy"),
+        ("accuracy", ("train_acc", "val_acc", "test_acc", "test_acc_tta"), "accuracy"),
         ("lr", ("lr",), "learning rate (end of epoch)"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         for key in keys:
-            values = [m.get(key) for m in metrics]
-            if any(v is not None for v in values):
-                ax.plot(epochs, values, marker="." if len(epochs) < 30 else None, label=key.split("_")[0])
+            values = [m.get(key, float("nan")) for m in metrics]
+            if any(v == v for v in values):  # not all NaN
+                label = labels.get(key, key.split("_")[0])
+                sparse = key == "test_acc_tta"  # measured on selected epochs only
+                ax.plot(epochs, values, marker="o" if sparse else "." if len(epochs) < 30 else None,
+                        linestyle="none" if sparse else "-", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title}: {name}")

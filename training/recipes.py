@@ -26,27 +26,36 @@ class Recipe:
     nesterov: bool = False
     weight_decay: float = 0.0
     rmsprop_alpha: float = 0.99
-    schedule: str = "constant"          # constant | step | cosine | onecycle
+    schedule: str = "constant"          # constant | step | cosine | onecycle | triangle
     milestones: tuple[int, ...] = ()    # step: epochs after which the LR is multiplied by gamma
     gamma: float = 0.1
-    warmup_fraction: float = 0.3        # onecycle: share of steps spent rising to the peak LR
+    warmup_fraction: float = 0.3        # onecycle, triangle: share of steps spent rising to the peak LR
+    lr_start_factor: float = 0.2        # triangle: LR at the first step, as a fraction of the peak
+    lr_end_factor: float = 0.0          # triangle: LR at the last step, as a fraction of the peak
     label_smoothing: float = 0.0
     grad_accum_steps: int = 1           # mini-batches per optimizer step
     grad_clip_value: float | None = None  # clamp every gradient element to +-value
     normalization: str = "dataset"      # "dataset": train-set mean/std; "half": (0.5, 0.5)
+    norm_bias_lr_scale: float = 1.0     # BatchNorm shifts train at this multiple of the LR (same absolute decay)
+    lookahead_every: int = 0            # > 0: every k steps pull the weights to their running average
+    lookahead_decay: float = 0.95**5    # lookahead: the average's decay, ramped up as (step / total)^3
+    whitening_bias_epochs: int = 0      # models with a data-whitened first layer: epochs its bias trains
+    tta: str = "none"                   # test-time augmentation of evaluation and export: none | flip | flip_translate
     augment: Augment = field(default_factory=Augment)
     model_kwargs: dict = field(default_factory=dict)
     source: str = ""                    # where the values come from
 
     def __post_init__(self):
         choices = {"optimizer": ("sgd", "adam", "adamw", "rmsprop"),
-                   "schedule": ("constant", "step", "cosine", "onecycle"),
-                   "normalization": ("dataset", "half")}
+                   "schedule": ("constant", "step", "cosine", "onecycle", "triangle"),
+                   "normalization": ("dataset", "half"), "tta": ("none", "flip", "flip_translate")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1 or self.lr <= 0:
             raise ValueError("epochs, batch size and accumulation steps must be >= 1 and lr > 0")
+        if self.lookahead_every < 0 or self.whitening_bias_epochs < 0 or self.norm_bias_lr_scale <= 0:
+            raise ValueError("lookahead_every and whitening_bias_epochs must be >= 0 and norm_bias_lr_scale > 0")
 
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -127,6 +136,33 @@ RECIPES: dict[str, Recipe] = {
         model="backbone6", epochs=40, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=1e-4,
         schedule="onecycle", warmup_fraction=0.3, grad_clip_value=0.1, augment=_SEED4_AUGMENT,
         source="seed 004 (Adam, one-cycle 1e-3 30%, wd, clip, crop/reflect, flip, jitter, stats)"),
+    # airbench94 (github.com/KellerJordan/cifar10-airbench, legacy/airbench94.py), every value: batch 1024,
+    # SGD-Nesterov momentum 0.85, label smoothing 0.2, 9.9 epochs (-> 10), flip alternating by epoch +
+    # 2-pixel reflect translation, LR: linear 0.2x -> 1x over 23% of the steps, then linear to 0.07x;
+    # BatchNorm shifts at 64x the LR; the whitening layer's bias trained for 3 epochs; Lookahead every 5
+    # steps with decay 0.95^5 ramped by (step/total)^3; TTA level 2 (flip_translate). Its LR 11.5 and wd
+    # 0.0153 are "per 1024 examples" on a summed loss with the LR divided by 1 + 1/(1 - momentum): for
+    # this project's mean loss that is lr 11.5 / 7.667 = 1.5 and weight_decay 0.0153 / 11.5 = 1.33e-3.
+    # Ours: dataset mean/std of the JPEG copy (airbench: CIFAR's), bf16 autocast instead of fp16 weights.
+    "whitened_vgg_fast": Recipe(
+        model="whitened_vgg_fast", epochs=10, batch_size=1024, optimizer="sgd", lr=1.5, momentum=0.85,
+        nesterov=True, weight_decay=1.33e-3, schedule="triangle", warmup_fraction=0.23, lr_start_factor=0.2,
+        lr_end_factor=0.07, label_smoothing=0.2, norm_bias_lr_scale=64.0, lookahead_every=5,
+        whitening_bias_epochs=3, tta="flip_translate",
+        augment=Augment(crop_padding=2, pad_mode="reflect", flip=True, alternating_flip=True),
+        source="airbench94 (every value; epochs 9.9 -> 10; LR and wd converted to a mean loss)"),
+    # airbench96 (legacy/airbench96.py, the paper's 96% method): as airbench94 with lr 9.0 and wd 0.012 per
+    # 1024 (-> lr 1.17, weight_decay 1.33e-3), 10% warm-up then linear decay to 0, 37 epochs, 4-pixel
+    # reflect translation, flip and 12-pixel cutout. airbench96_faster.py's 45 epochs go with its proxy-model
+    # data filtering, which we do not have, so the plain 37. The network is narrower (see the model's
+    # docstring: the 16 MiB file limit).
+    "whitened_vgg_best": Recipe(
+        model="whitened_vgg_best", epochs=37, batch_size=1024, optimizer="sgd", lr=1.17, momentum=0.85,
+        nesterov=True, weight_decay=1.33e-3, schedule="triangle", warmup_fraction=0.1, lr_start_factor=0.2,
+        lr_end_factor=0.0, label_smoothing=0.2, norm_bias_lr_scale=64.0, lookahead_every=5,
+        whitening_bias_epochs=3, tta="flip_translate",
+        augment=Augment(crop_padding=4, pad_mode="reflect", flip=True, alternating_flip=True, cutout=12),
+        source="airbench96 (every value; LR and wd converted to a mean loss)"),
 }
 
 

@@ -24,10 +24,22 @@ import torch.nn as nn
 
 from training.checkpoint import CheckpointError, atomic_save, load_checkpoint, make_checkpoint
 from training.data import CLASSES, DataError, DeviceLoader, channel_stats, load_cifar10, split_validation
-from training.engine import build_optimizer, build_scheduler, evaluate, steps_per_epoch, train_one_epoch
+from training.engine import (
+    Lookahead,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    restore_scheduler,
+    steps_per_epoch,
+    train_one_epoch,
+)
+from training.hardware import PRECISIONS, Precision, resolve_precision, set_threads
 from training.models import UnknownModelError, count_parameters, create_model, list_models, model_info
 from training.plots import plot_confusion, plot_curves
 from training.recipes import HALF, RECIPES, Recipe, default_recipe
+from training.tta import with_tta
+
+WHITENING_IMAGES = 5000  # a data-whitened first layer is fitted to this many training images (airbench)
 
 
 class UsageError(Exception):
@@ -54,9 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training images held out to select best.pt (0: train on all; best.pt is the last epoch)")
     p.add_argument("--limit", type=int, help="train on the first N training images (smoke runs)")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N val/test images (smoke runs)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="training precision; evaluation is always fp32 (default: auto = bf16 autocast where "
+                        "the CPU has AMX or AVX512-BF16 or the GPU supports bf16, else fp32; on --resume: the run's)")
+    p.add_argument("--amp", action="store_true", help="same as --precision bf16")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="channels-last memory format (default: on with bf16 on the CPU; on --resume: the run's)")
+    p.add_argument("--threads", type=int, help="CPU threads for training (default: every usable CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = p.parse_args(argv)
     # Recorded in checkpoints and the weights manifest, so a run can be repeated exactly.
@@ -117,11 +134,47 @@ def _resolve_recipe(args: argparse.Namespace, resumed: dict | None) -> Recipe:
         raise UsageError(str(exc)) from None
 
 
+def _resolve_run_settings(args: argparse.Namespace, resumed: dict | None, device: torch.device,
+                          say) -> tuple[Precision, int | None]:
+    """Precision, channels_last and the eval limit: on a resume, the run's own unless a flag overrides them."""
+    if args.amp:
+        if args.precision not in (None, "bf16"):
+            raise UsageError(f"--amp (bf16) contradicts --precision {args.precision}")
+        args.precision = "bf16"
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be >= 1")
+    if resumed is None:
+        return resolve_precision(device, args.precision, args.channels_last), args.eval_limit
+    saved = resumed["args"]
+    saved_values = {
+        "precision": saved.get("precision", "bf16" if saved.get("amp") else "fp32"),  # older checkpoints: amp
+        "channels_last": saved.get("channels_last", False),
+        "eval_limit": saved.get("eval_limit"),
+    }
+    flags = {"precision": args.precision, "channels_last": args.channels_last, "eval_limit": args.eval_limit}
+    values = {k: saved_values[k] if flags[k] is None else flags[k] for k in saved_values}
+    kept = [f"{k} {v}" for k, v in values.items() if flags[k] is None]
+    overridden = [f"{k} {v} (the run had {saved_values[k]})" for k, v in values.items() if flags[k] is not None]
+    if kept:
+        say("resume: keeping the run's " + ", ".join(kept))
+    if overridden:
+        say("resume: overridden by flags: " + ", ".join(overridden))
+    return resolve_precision(device, values["precision"], values["channels_last"]), values["eval_limit"]
+
+
 def train(args: argparse.Namespace) -> dict:
     rank, local_rank, world_size = _init_distributed(args.device)
     device = _resolve_device(args.device, local_rank)
     is_main = rank == 0
+
+    def say(line: str) -> None:
+        if is_main:
+            print(line, flush=True)
+
     resumed = load_checkpoint(args.resume) if args.resume else None
+    precision, eval_limit = _resolve_run_settings(args, resumed, device, say)
+    threads = set_threads(args.threads) if device.type == "cpu" else torch.get_num_threads()
+    say(f"precision: {precision.reason}" + (f"; {threads} CPU thread(s)" if device.type == "cpu" else ""))
     recipe = _resolve_recipe(args, resumed)
     if recipe.batch_size % world_size:
         raise UsageError(f"batch size {recipe.batch_size} is not divisible by {world_size} processes")
@@ -147,40 +200,51 @@ def train(args: argparse.Namespace) -> dict:
         mean, std = HALF if recipe.normalization == "half" else channel_stats(train_x)
     if train_limit:
         train_x, train_y = train_x[:train_limit], train_y[:train_limit]
-    limit = slice(None, args.eval_limit)
+    limit = slice(None, eval_limit)
 
     def loader(x, y, train: bool) -> DeviceLoader:
         per_rank = recipe.batch_size // world_size if train else 500
         return DeviceLoader(x, y, per_rank, device, mean, std, recipe.augment if train else None,
                             shuffle=train, drop_last=False, seed=seed, rank=rank if train else 0,
-                            world_size=world_size if train else 1, channels_last=args.channels_last)
+                            world_size=world_size if train else 1, channels_last=precision.channels_last)
 
     train_loader = loader(train_x, train_y, True)
     val_loader = loader(val[0][limit], val[1][limit], False) if val else None
     test_loader = loader(data.test_images[limit], data.test_labels[limit], False)
 
     model = create_model(recipe.model, **recipe.model_kwargs).to(device)
-    if args.channels_last:
+    if hasattr(model, "init_whitening") and not resumed:
+        model.init_whitening(train_loader.normalized(WHITENING_IMAGES))
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     raw_model = model  # what checkpoints hold: no DDP or compile wrapper
     optimizer = build_optimizer(recipe, model)
-    scheduler = build_scheduler(recipe, optimizer, steps_per_epoch(train_loader, recipe))
+    step_count = steps_per_epoch(train_loader, recipe)
+    scheduler = build_scheduler(recipe, optimizer, step_count)
     metrics: list[dict] = []
     start_epoch, best_score = 0, -1.0
     if resumed:
         model.load_state_dict(resumed["state_dict"])
         optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
+        rebuilt = restore_scheduler(scheduler, resumed["scheduler"], recipe, optimizer)
+        if rebuilt:
+            say(f"resume: --epochs {recipe.epochs} differs from the planned {resumed['epochs']}: {rebuilt}")
         metrics, start_epoch, best_score = resumed["metrics"], resumed["epoch"], resumed["best_score"]
         _restore_rng(resumed["rng"])
         if rank:  # only rank 0's RNG state is saved: give the other ranks distinct streams again
             torch.manual_seed(seed + rank + 1_000_003 * start_epoch)
+    lookahead = Lookahead(raw_model, recipe, recipe.epochs * step_count) if recipe.lookahead_every else None
+    if lookahead is not None and resumed and resumed.get("lookahead"):
+        lookahead.load_state_dict(resumed["lookahead"])
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     if args.compile:
         model = torch.compile(model)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    # Val and test curves are the plain model's (cheap); with a TTA recipe the model as exported (TTA
+    # in the graph) is also measured on the test split for each epoch that a checkpoint file selects.
+    with_test_tta = with_tta(raw_model, recipe.tta) if recipe.tta != "none" else None
     eval_criterion = nn.CrossEntropyLoss()
     # Without a validation split the test split must not pick the epoch (that would leak it into the
     # reported figure): best.pt is then simply the last epoch, as for a recipe whose length was chosen on val.
@@ -196,35 +260,48 @@ def train(args: argparse.Namespace) -> dict:
     for epoch in range(start_epoch, recipe.epochs):
         train_loader.set_epoch(epoch)
         row = {"epoch": epoch + 1}
+        whitening_bias = getattr(raw_model, "whitening_bias", None)
+        if whitening_bias is not None and recipe.whitening_bias_epochs:
+            whitening_bias.requires_grad_(epoch < recipe.whitening_bias_epochs)
         row.update(train_one_epoch(model, train_loader, criterion, optimizer, scheduler, recipe, device,
-                                   amp=args.amp, progress=None if args.no_progress or not is_main
-                                   else f"epoch {epoch + 1}/{recipe.epochs}"))
+                                   amp=precision.autocast, progress=None if args.no_progress or not is_main
+                                   else f"epoch {epoch + 1}/{recipe.epochs}",
+                                   lookahead=lookahead, first_step=epoch * step_count))
+        if lookahead is not None and epoch + 1 == recipe.epochs:
+            lookahead.finish()  # the trained model is the weights' average
         if val_loader is not None:
-            v = evaluate(raw_model, val_loader, eval_criterion, device, args.amp)
+            v = evaluate(raw_model, val_loader, eval_criterion, device)
             row.update(val_loss=v["loss"], val_acc=v["acc"])
-        test = evaluate(raw_model, test_loader, eval_criterion, device, args.amp)
-        row.update(test_loss=test["loss"], test_acc=test["acc"],
-                   time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        metrics.append(row)
+        test = evaluate(raw_model, test_loader, eval_criterion, device)
+        row.update(test_loss=test["loss"], test_acc=test["acc"])
         improved = selected_on == "last" or row["val_acc"] > best_score
         if selected_on == "val":
             best_score = max(best_score, row["val_acc"])
+        last_epoch = epoch + 1 == recipe.epochs
+        if with_test_tta is not None and (last_epoch or (selected_on == "val" and improved)):
+            test = evaluate(with_test_tta, test_loader, eval_criterion, device)
+            row.update(test_acc_tta=test["acc"])
+        row.update(time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        metrics.append(row)
         if is_main:
             print(_format_row(row), flush=True)
             payload = make_checkpoint(
                 raw_model, recipe, mean, std, metrics=metrics, epoch=epoch + 1,
-                test_accuracy=test["acc"], test_confusion=test["confusion"], selected_on=selected_on,
+                test_accuracy=test["acc"], test_tta=recipe.tta if "test_acc_tta" in row else "none",
+                test_confusion=test["confusion"], selected_on=selected_on,
                 best_score=best_score, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                lookahead=lookahead.state_dict() if lookahead is not None else None,
                 rng=_rng_state(), args={"seed": seed, "val_size": val_size, "limit": train_limit, "command": command,
                                         "recipe_name": recipe_name,
-                                        "amp": args.amp, "world_size": world_size},
+                                        "precision": precision.name, "channels_last": precision.channels_last,
+                                        "eval_limit": eval_limit, "threads": threads, "world_size": world_size},
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
             atomic_save(payload, out / "last.pt")
             if improved:
                 atomic_save(payload, out / "best.pt")
             _write_jsonl(metrics, out / "metrics.jsonl")
     if is_main and metrics:
-        plot_curves(metrics, out, recipe.model)
+        plot_curves(metrics, out, recipe.model, recipe.label_smoothing)
         confusion = test["confusion"] if test else resumed["test_confusion"]
         plot_confusion(confusion, CLASSES, out / "confusion.png",
                        f"{recipe.model}: test confusion (epoch {metrics[-1]['epoch']})")
@@ -239,7 +316,9 @@ def _format_row(row: dict) -> str:
     parts = [f"epoch {row['epoch']:>3}", f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"]
     if "val_acc" in row:
         parts.append(f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}")
-    parts += [f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}", f"lr {row['lr']:.2e}",
+    parts.append(f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}"
+                 + (f" (TTA {row['test_acc_tta']:.4f})" if "test_acc_tta" in row else ""))
+    parts += [f"lr {row['lr']:.2e}",
               f"{row['images_per_s']:,.0f} img/s", f"{row['epoch_seconds']:.1f} s"]
     return " | ".join(parts)
 

@@ -67,4 +67,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # Importing the modules registers their models.
-from training.models import adaptive, backbone6, dwsep, staged, tutorial  # noqa: E402,F401
+from training.models import adaptive, backbone6, dwsep, staged, tutorial, whitened_vgg  # noqa: E402,F401

@@ -20,30 +20,71 @@ Parameter count: 3,860,106.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from training.models import NUM_CLASSES, register_model
 
 
 class AdaptiveConv2d(nn.Module):
-    """Softmax-weighted mixture of parallel 3x3 convolutions, weights per sample and channel."""
+    """Softmax-weighted mixture of ``num_kernels`` 3x3 convolutions, weights per sample and output channel.
+
+    Two forms of the same function (tested equal to float tolerance):
+    - *mixed kernels* (CondConv's form): mix the K kernels per sample first, then run one grouped
+      convolution with one group per sample: a quarter of the convolution work for K = 4.
+    - *mixed outputs*: run the K convolutions, then mix their outputs.
+    Training uses mixed kernels on feature maps of 16x16 and larger, where it measured 2.5-4x faster
+    (bf16, channels_last, 1 thread, batch 64), and mixed outputs on the 8x8 maps, where oneDNN's
+    grouped convolution of 256 channels per group was 2.2x *slower* than the four plain ones. The
+    ONNX export always traces mixed outputs: an ONNX Conv's group count is a fixed attribute, so one
+    group per sample cannot follow a dynamic batch; that form is written with channel slices and
+    no reshape that depends on the batch (OpenCV 5.0's importer still fails on the gate's pooling).
+    """
 
     def __init__(self, channels: int, num_kernels: int = 4):
         super().__init__()
         self.num_kernels = num_kernels
         self.channels = channels
-        # One conv producing all K candidate outputs at once: cheaper than K separate convs.
+        # All K candidate kernels in one conv: output channel k * channels + c is kernel k of channel c.
         self.convs = nn.Conv2d(channels, channels * num_kernels, 3, padding=1, bias=False)
         self.gate = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, channels * num_kernels)
         )
 
+    def mixing_weights(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """K tensors (N, C): per sample and output channel, a softmax over the K kernels.
+
+        Written as 2-D elementwise ops over channel slices: no reshape that depends on the batch.
+        """
+        logits = self.gate(x)
+        c = self.channels
+        parts = [logits[:, k * c:(k + 1) * c] for k in range(self.num_kernels)]
+        peak = functools.reduce(torch.maximum, parts)
+        exps = [(part - peak).exp() for part in parts]
+        total = sum(exps)
+        return [e / total for e in exps]
+
+    def forward_mixed_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.mixing_weights(x)
+        candidates = self.convs(x)
+        c = self.channels
+        return sum(w[:, :, None, None] * candidates[:, k * c:(k + 1) * c] for k, w in enumerate(weights))
+
+    def forward_mixed_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        weights = torch.stack(self.mixing_weights(x), dim=1)                   # (N, K, C_out)
+        kernels = self.convs.weight.view(self.num_kernels, c, c, 3, 3)         # (K, C_out, C_in, 3, 3)
+        per_sample = torch.einsum("nko,koiyx->noiyx", weights.to(kernels.dtype), kernels)
+        out = F.conv2d(x.reshape(1, b * c, h, w), per_sample.reshape(b * c, c, 3, 3), padding=1, groups=b)
+        return out.view(b, c, h, w)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        weights = self.gate(x).view(b, self.num_kernels, self.channels, 1, 1).softmax(dim=1)
-        candidates = self.convs(x).view(b, self.num_kernels, self.channels, x.shape[2], x.shape[3])
-        return (weights * candidates).sum(dim=1)
+        if torch.onnx.is_in_onnx_export() or x.shape[-1] < 16:
+            return self.forward_mixed_outputs(x)
+        return self.forward_mixed_kernels(x)
 
 
 class AdaptiveBlock(nn.Module):
