@@ -102,6 +102,9 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
         "recipe": ckpt["recipe"],
         "command": run_command,
         "torch_version": ckpt.get("torch_version"), "device_name": ckpt.get("device_name", "cpu"),
+        # Runs from before --precision trained in fp32 ("amp" false) with every CPU thread.
+        "precision": ckpt.get("args", {}).get("precision", "bf16" if ckpt.get("args", {}).get("amp") else "fp32"),
+        "threads": ckpt.get("args", {}).get("threads"),
         "train_seconds": round(sum(m.get("epoch_seconds", 0.0) for m in metrics), 1),
         "cpu_images_per_s": round(images_per_second(session, timing), 1),
         "cpu_throughput_note": f"onnxruntime CPUExecutionProvider, batches of 64, {os.cpu_count()} cores, "

@@ -1,0 +1,76 @@
+"""Time to accuracy: training seconds each recorded run needed to first reach given test accuracies.
+
+Reads every ``metrics.jsonl`` under ``docs/runs/`` (or the folders given), sums the epochs'
+``epoch_seconds`` (the training loop only, see README) up to the first epoch whose test accuracy
+reaches each threshold (with TTA where the run measured it), and writes
+``benchmarks/results/time_to_accuracy_cpu.json`` with a table on stdout:
+
+    python benchmarks/time_to_accuracy.py                       # all of docs/runs/
+    python benchmarks/time_to_accuracy.py docs/runs/wvf_s0 docs/runs/dwsep_onecycle_full
+
+Runs differ in precision, threads and what else shared the machine; each row says which (from the
+run's log where it has one), so compare rows with that in mind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+THRESHOLDS = (0.80, 0.85, 0.87, 0.90, 0.93, 0.94)
+
+
+def run_summary(folder: Path, thresholds=THRESHOLDS) -> dict | None:
+    metrics_path = folder / "metrics.jsonl"
+    if not metrics_path.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    elapsed, reached, best = 0.0, {}, 0.0
+    for row in rows:
+        elapsed += row.get("epoch_seconds", 0.0)
+        acc = max(row.get("test_acc", 0.0), row.get("test_acc_tta", 0.0))
+        best = max(best, acc)
+        for t in thresholds:
+            if acc >= t and f"{t:.2f}" not in reached:
+                reached[f"{t:.2f}"] = {"seconds": round(elapsed, 1), "epoch": row["epoch"]}
+    log = folder / "log.txt"
+    setting = ""
+    if log.is_file():
+        match = re.search(r"^precision: (.*)$", log.read_text(), re.MULTILINE)
+        setting = match.group(1) if match else ""
+    setting = setting or "not recorded (fp32 NCHW: trained before --precision existed)"
+    return {"run": folder.name, "epochs": len(rows), "train_seconds": round(elapsed, 1),
+            "final_test_acc": rows[-1].get("test_acc_tta", rows[-1].get("test_acc")) if rows else None,
+            "best_test_acc": best, "setting": setting, "seconds_to": reached}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="*", help="run folders (default: every folder in docs/runs/)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "time_to_accuracy_cpu.json"))
+    args = p.parse_args(argv)
+    folders = [Path(r) for r in args.runs] or sorted(d for d in (ROOT / "docs" / "runs").iterdir() if d.is_dir())
+    rows = [r for r in (run_summary(f) for f in folders) if r is not None]
+    header = f"{'run':<24}{'final':>8}" + "".join(f"{'>=' + format(t, '.0%'):>10}" for t in THRESHOLDS)
+    print(header + "   setting")
+    for r in rows:
+        cells = "".join(f"{r['seconds_to'][f'{t:.2f}']['seconds']:>9.0f}s" if f"{t:.2f}" in r["seconds_to"]
+                        else f"{'-':>10}" for t in THRESHOLDS)
+        print(f"{r['run']:<24}{r['final_test_acc']:>8.2%}{cells}   {r['setting']}")
+    report = {"what": "training-loop seconds until the test accuracy (TTA where measured) first reached each "
+                      "threshold; final = the last epoch's", "command": "python benchmarks/time_to_accuracy.py "
+              + " ".join(args.runs), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "runs": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
