@@ -7,6 +7,11 @@ names the file and the problem, so a bad deployment fails at start-up instead of
 
 Model names are the file stems. A request's model name is only ever a key into the loaded dict,
 never part of a path.
+
+An optional ``MANIFEST.json`` beside the files (written by ``export.package``) names the default
+model and lends each model its measured figures (CPU images/s, parameter count), but only to the
+exact file it measured: its entry's ``onnx_sha256`` must equal the loaded file's. The ONNX file is
+the source of truth for what is served; the manifest only ever adds figures.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -54,6 +61,9 @@ class LoadedModel:
     session: ort.InferenceSession = field(repr=False)
     outputs: tuple[str, ...] = ()
     warmed: bool = False
+    # Measured when packaged (MANIFEST.json), set only when the manifest's entry is about this very file.
+    cpu_images_per_s: float | None = None
+    parameters: int | None = None
 
     @property
     def arch(self) -> str | None:
@@ -62,6 +72,11 @@ class LoadedModel:
     @property
     def test_accuracy(self) -> float | None:
         return _parse_accuracy(self.metadata.get("test_accuracy", ""), self.path)
+
+    @property
+    def tta(self) -> str:
+        """Test-time augmentation inside the graph (``flip``, ``flip_translate``), or ``none``."""
+        return (self.metadata.get("tta") or "").strip() or "none"
 
     def run(self, images: np.ndarray, outputs: tuple[str, ...] = (PROBABILITIES,)) -> list[np.ndarray]:
         """``images``: uint8 [n, 32, 32, 3] RGB. Returns the requested outputs, float32 [n, C] each."""
@@ -76,6 +91,9 @@ class LoadedModel:
             "arch": self.arch,
             "classes": list(self.classes),
             "test_accuracy": self.test_accuracy,
+            "cpu_images_per_s": self.cpu_images_per_s,
+            "tta": self.tta,
+            "parameters": self.parameters,
             "sha256": self.sha256,
             "file_size": self.file_size,
             "opset": _int_or_none(self.metadata.get("opset")),
@@ -232,7 +250,14 @@ class ModelRegistry:
             models[model.name] = model
             log.info("loaded model %s (%s, sha256 %s, test accuracy %s)", model.name, model.arch,
                      model.sha256[:12], model.test_accuracy)
-        default = default_model or _manifest_default(folder) or sorted(models)[0]
+        manifest = read_manifest(folder)
+        if manifest.error:
+            if not default_model:  # it alone could name the default model: guessing one would hide the fault
+                raise ModelLoadError(manifest.error)
+            log.warning("%s; DEFAULT_MODEL is set, so serving without the manifest's figures", manifest.error)
+        for model in models.values():
+            manifest.lend_figures(model)
+        default = default_model or manifest.default_model or sorted(models)[0]
         if default not in models:
             source = "DEFAULT_MODEL" if default_model else f"{MANIFEST} default_model"
             raise ModelLoadError(f"{source} {default!r} is not among the loaded models: {', '.join(sorted(models))}")
@@ -242,17 +267,64 @@ class ModelRegistry:
         return cls(models, default, folder)
 
 
-def _manifest_default(folder: Path) -> str | None:
-    path = folder / MANIFEST
-    if not path.is_file():
+@dataclass(frozen=True)
+class Manifest:
+    """MODELS_DIR/MANIFEST.json as the service uses it, read once at start-up.
+
+    Reading never raises: ``error`` (one line) says why the file as a whole is unusable, and the
+    caller decides whether that matters (it does only when the manifest must name the default model).
+    Anything odd inside an entry only costs that entry its figures.
+    """
+
+    default_model: str | None = None
+    entries: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    path: Path | None = None
+    error: str | None = None
+
+    def lend_figures(self, model: LoadedModel) -> None:
+        """Give ``model`` the figures of its entry, if that entry measured this very file."""
+        entry = self.entries.get(model.name)
+        if entry is None:
+            return
+        if entry.get("onnx_sha256") != model.sha256:
+            recorded = entry.get("onnx_sha256")
+            shown = recorded[:12] if isinstance(recorded, str) else repr(recorded)
+            log.warning("%s: the entry for %s was measured on another file (onnx_sha256 %s, loaded file %s); "
+                        "its figures are not shown", self.path, model.name, shown, model.sha256[:12])
+            return
+        model.cpu_images_per_s = _positive_number(entry.get("cpu_images_per_s"))
+        parameters = entry.get("parameters")
+        model.parameters = parameters if type(parameters) is int and parameters > 0 else None  # not a bool
+
+
+def _positive_number(value: Any) -> float | None:
+    """``value`` as a float if it is a finite JSON number above 0 (not a bool, not a string), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The manifest in ``folder``: empty if there is none, with ``error`` set if it cannot be used."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return Manifest()
+    try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path}: not readable JSON: {_first_line(exc)}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, over-long numbers
+        return Manifest(path=path, error=f"{path}: not readable JSON: {_first_line(exc)}")
+    except RecursionError:
+        return Manifest(path=path, error=f"{path}: not readable JSON: nested too deeply")
     if not isinstance(manifest, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object")
+        return Manifest(path=path, error=f"{path}: expected a JSON object")
     default = manifest.get("default_model")
     if default is not None and not (isinstance(default, str) and default):
-        raise ModelLoadError(f"{path}: default_model must be a model name, got {default!r}")
-    return default
+        return Manifest(path=path, error=f"{path}: default_model must be a model name, got {default!r}")
+    models = manifest.get("models")
+    entries = ({name: entry for name, entry in models.items() if isinstance(entry, dict)}
+               if isinstance(models, dict) else {})
+    return Manifest(default_model=default, entries=entries, path=path)

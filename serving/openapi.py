@@ -51,7 +51,8 @@ def build_spec(max_upload_mb: float, max_batch: int, max_pixels: int) -> dict:
                                 f"limited to {max_upload_mb:g} MB per request, {max_pixels:,} pixels per image and "
                                 f"{max_batch} images per request."},
         "paths": {
-            "/": {"get": {"summary": "Web page: drop an image, see the top-k classes",
+            "/": {"get": {"summary": "Web page: pick a model by its accuracy and speed, drop an image, see the "
+                                     "top-k classes",
                           "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}}}},
             "/static/{filename}": {"get": {
                 "summary": "The web page's script and style sheet",
@@ -75,8 +76,13 @@ def build_spec(max_upload_mb: float, max_batch: int, max_pixels: int) -> dict:
                         {"$ref": "#/components/schemas/PredictResponse"},
                         {"$ref": "#/components/schemas/BatchPredictResponse"}]}}}},
                     **_errors(400, 404, 405, 413, 415)}}},
-            "/models": {"get": {"summary": "Loaded models: classes, test accuracy, file sha256",
-                                "responses": {"200": _json("ModelList", "the loaded models")}}},
+            "/models": {"get": {
+                "summary": "Loaded models: classes, test accuracy, CPU speed, test-time augmentation, file sha256",
+                "description": "`test_accuracy` and `tta` come from the served .onnx file's metadata. "
+                               "`cpu_images_per_s` and `parameters` come from MODELS_DIR/MANIFEST.json, and only "
+                               "from an entry whose `onnx_sha256` is the served file's `sha256`; otherwise they "
+                               "are null.",
+                "responses": {"200": _json("ModelList", "the loaded models")}}},
             "/healthz": {"get": {"summary": "Liveness: the process answers",
                                  "responses": {"200": _json("Status", "alive")}}},
             "/readyz": {"get": {"summary": "Readiness: models loaded and warmed up",
@@ -128,8 +134,25 @@ def build_spec(max_upload_mb: float, max_batch: int, max_pixels: int) -> dict:
                 "models": {"type": "array", "items": {"type": "object", "properties": {
                     "name": {"type": "string"}, "arch": {"type": ["string", "null"]},
                     "classes": {"type": "array", "items": {"type": "string"}},
-                    "test_accuracy": {"type": ["number", "null"]}, "sha256": {"type": "string"},
-                    "file_size": {"type": "integer"}, "default": {"type": "boolean"}}}}}},
+                    "test_accuracy": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                                      "description": "top-1 accuracy on the 10,000 CIFAR-10 test images, "
+                                                     "with the model's test-time augmentation; null if unknown"},
+                    "cpu_images_per_s": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                                         "description": "throughput measured when packaged (onnxruntime on CPU, "
+                                                        "batches of 64); null without a manifest entry for "
+                                                        "this exact file"},
+                    "tta": {"type": "string", "examples": ["none", "flip", "flip_translate"],
+                            "description": "test-time augmentation inside the graph (each image is classified "
+                                           "in several variants and the answers averaged), or none"},
+                    "parameters": {"type": ["integer", "null"], "exclusiveMinimum": 0,
+                                   "description": "trainable parameters; null without a manifest entry for "
+                                                  "this exact file"},
+                    "sha256": {"type": "string", "description": "sha256 of the served .onnx file"},
+                    "file_size": {"type": "integer"}, "opset": {"type": ["integer", "null"]},
+                    "epochs": {"type": ["integer", "null"]},
+                    "source_checkpoint_sha256": {"type": ["string", "null"]},
+                    "input": {"type": "object"}, "outputs": {"type": "array", "items": {"type": "object"}},
+                    "default": {"type": "boolean"}}}}}},
             "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
             "V2Tensor": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
                 "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},

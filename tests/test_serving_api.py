@@ -14,7 +14,19 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
-from test_serving_support import CLASSES, ROOT, cifar_jpegs, copy_models, models_dir, noise_bytes, png_bytes
+from test_serving_support import (
+    CLASSES,
+    ROOT,
+    cifar_jpegs,
+    copy_models,
+    file_sha256,
+    models_dir,
+    noise_bytes,
+    png_bytes,
+    shipped_models,
+    with_metadata,
+    write_manifest,
+)
 
 import serving
 from serving.models import ModelLoadError
@@ -229,6 +241,126 @@ def test_models_lists_names_classes_accuracy_and_file_hashes(client, weights):
         assert info["sha256"] == hashlib.sha256((weights / f"{name}.onnx").read_bytes()).hexdigest()
         assert info["arch"] == name and info["test_accuracy"] is None  # fresh checkpoints were never tested
         assert info["default"] == (name == "dwsep")
+        # this folder's manifest records no sha256, so it lends no figures
+        assert info["cpu_images_per_s"] is None and info["parameters"] is None and info["tta"] == "none"
+
+
+# --- /models: accuracy from the .onnx file, speed and size from MANIFEST.json for that very file ---------------
+
+FIGURES = {"dwsep": {"cpu_images_per_s": 7054.3, "parameters": 204858},
+           "tutorial": {"cpu_images_per_s": 67362.2, "parameters": 62006}}
+
+
+def list_models(folder, **config) -> dict:
+    app = serving.create_app({"MODELS_DIR": str(folder), **config})
+    return app.test_client().get("/models").get_json()
+
+
+def metadata_accuracy(path) -> float:
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    return float(meta.custom_metadata_map["test_accuracy"])
+
+
+def assert_no_figures(body: dict, names=("dwsep", "tutorial")):
+    assert [m["name"] for m in body["models"]] == sorted(names)
+    for info in body["models"]:
+        assert (info["cpu_images_per_s"], info["parameters"], info["tta"]) == (None, None, "none"), info
+        assert info["test_accuracy"] is not None  # the trained files carry theirs
+
+
+def test_models_show_accuracy_speed_tta_and_parameters_of_the_served_files(client, tmp_path):
+    folder = shipped_models(tmp_path)
+    with_metadata(folder / "tutorial.onnx", folder / "tutorial.onnx", tta="flip")
+    # the manifest's test_accuracy is not what is served: the file's own metadata is
+    write_manifest(folder, "dwsep", dwsep={**FIGURES["dwsep"], "test_accuracy": 0.999, "tta": "flip"},
+                   tutorial=FIGURES["tutorial"])
+    body = list_models(folder)
+    assert body["default_model"] == "dwsep"
+    by_name = {m["name"]: m for m in body["models"]}
+    for name, figures in FIGURES.items():
+        info = by_name[name]
+        assert info["cpu_images_per_s"] == figures["cpu_images_per_s"]
+        assert info["parameters"] == figures["parameters"]
+        assert info["test_accuracy"] == metadata_accuracy(folder / f"{name}.onnx") < 0.999
+        assert info["sha256"] == file_sha256(folder / f"{name}.onnx")
+    assert by_name["tutorial"]["tta"] == "flip" and by_name["dwsep"]["tta"] == "none"
+    # every field is described in the OpenAPI document
+    schema = client.get("/openapi.json").get_json()["components"]["schemas"]["ModelList"]
+    assert set(body) <= set(schema["properties"])
+    assert set(by_name["dwsep"]) <= set(schema["properties"]["models"]["items"]["properties"])
+
+
+def test_a_manifest_entry_measured_on_another_file_lends_no_figures(tmp_path, caplog):
+    folder = shipped_models(tmp_path)
+    manifest = write_manifest(folder, "dwsep", **FIGURES)
+    del manifest["models"]["tutorial"]["onnx_sha256"]
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest))
+    # dwsep.onnx replaced after the manifest was written (a re-export, a hand copy)
+    with_metadata(folder / "dwsep.onnx", folder / "dwsep.onnx", test_accuracy="0.5")
+    body = list_models(folder)
+    assert body["default_model"] == "dwsep"
+    assert_no_figures(body)
+    assert {m["name"]: m["test_accuracy"] for m in body["models"]}["dwsep"] == 0.5
+    assert "MANIFEST.json: the entry for dwsep was measured on another file" in caplog.text
+    assert "the entry for tutorial was measured on another file (onnx_sha256 None" in caplog.text
+
+
+def test_without_a_manifest_the_figures_are_null(tmp_path):
+    body = list_models(shipped_models(tmp_path))
+    assert body["default_model"] == "dwsep"  # the first name in sorted order
+    assert_no_figures(body)
+
+
+@pytest.mark.parametrize("figures", [
+    {"cpu_images_per_s": "7054.3", "parameters": "204858"},
+    {"cpu_images_per_s": True, "parameters": True},
+    {"cpu_images_per_s": -1, "parameters": 0},
+    {"cpu_images_per_s": 0, "parameters": 2.5},
+    {"cpu_images_per_s": float("nan"), "parameters": -204858},
+    {"cpu_images_per_s": float("inf"), "parameters": [204858]},
+    {"cpu_images_per_s": 10**400, "parameters": None},
+    {"cpu_images_per_s": {"value": 7054.3}},
+], ids=["strings", "bools", "negative-and-zero", "zero-and-fraction", "nan", "infinity-and-list", "huge", "object"])
+def test_odd_figures_in_a_matching_entry_are_null(tmp_path, figures):
+    folder = shipped_models(tmp_path)
+    write_manifest(folder, "tutorial", dwsep=figures, tutorial=FIGURES["tutorial"])
+    by_name = {m["name"]: m for m in list_models(folder)["models"]}
+    assert by_name["dwsep"]["cpu_images_per_s"] is None and by_name["dwsep"]["parameters"] is None
+    assert by_name["tutorial"]["cpu_images_per_s"] == FIGURES["tutorial"]["cpu_images_per_s"]  # its own are fine
+
+
+@pytest.mark.parametrize("manifest", [
+    {"default_model": "dwsep"},
+    {"default_model": "dwsep", "models": None},
+    {"default_model": "dwsep", "models": []},
+    {"default_model": "dwsep", "models": "dwsep.onnx"},
+    {"default_model": "dwsep", "models": {"dwsep": "fast", "tutorial": None, "resnet": {"cpu_images_per_s": 1}}},
+], ids=["no-models", "null-models", "list-models", "string-models", "odd-entries"])
+def test_a_manifest_of_another_shape_only_costs_the_figures(tmp_path, manifest):
+    folder = shipped_models(tmp_path)
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest))
+    body = list_models(folder)
+    assert body["default_model"] == "dwsep"
+    assert_no_figures(body)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{not json", "not readable JSON"),
+    (b"\xff\xfe{}", "not readable JSON"),
+    (b"[" * 100_000, "not readable JSON"),
+    (b"[]", "expected a JSON object"),
+    (json.dumps({"default_model": 7, "models": FIGURES}).encode(), "default_model must be a model name, got 7"),
+], ids=["syntax", "not-utf8", "deeply-nested", "list", "bad-default"])
+def test_a_corrupt_manifest_does_not_stop_a_service_told_its_default_model(tmp_path, caplog, content, message):
+    folder = shipped_models(tmp_path)
+    (folder / "MANIFEST.json").write_bytes(content)
+    body = list_models(folder, DEFAULT_MODEL="tutorial")
+    assert body["default_model"] == "tutorial"
+    assert_no_figures(body)
+    assert f"MANIFEST.json: {message}" in caplog.text and "serving without the manifest's figures" in caplog.text
+    # without DEFAULT_MODEL only the manifest could name the default: one clear line instead of a guess
+    with pytest.raises(ModelLoadError, match=f"MANIFEST.json: {message}"):
+        serving.create_app({"MODELS_DIR": str(folder)})
 
 
 def test_health_and_readiness(client):
@@ -277,16 +409,6 @@ def test_web_page_and_its_assets_are_served(client):
 # --- start-up: a service that cannot answer correctly must not start -------------------------------------------
 
 
-def _with_metadata(source, target, **changes):
-    import onnx
-
-    model = onnx.load(str(source))
-    for prop in model.metadata_props:
-        if prop.key in changes:
-            prop.value = changes[prop.key]
-    onnx.save(model, str(target))
-
-
 def test_startup_fails_clearly_on_a_missing_models_dir(tmp_path):
     with pytest.raises(ModelLoadError, match="MODELS_DIR .*nothing-here.* is not a directory"):
         serving.create_app({"MODELS_DIR": str(tmp_path / "nothing-here")})
@@ -322,7 +444,7 @@ def test_startup_fails_clearly_on_a_truncated_model(weights, tmp_path):
     ({"test_accuracy": "high"}, "metadata test_accuracy is not a number: 'high'"),
 ])
 def test_startup_fails_clearly_on_bad_metadata(weights, tmp_path, changes, message):
-    _with_metadata(weights / "tutorial.onnx", tmp_path / "tutorial.onnx", **changes)
+    with_metadata(weights / "tutorial.onnx", tmp_path / "tutorial.onnx", **changes)
     with pytest.raises(ModelLoadError, match=f"tutorial.onnx: {message}"):
         serving.create_app({"MODELS_DIR": str(tmp_path)})
 

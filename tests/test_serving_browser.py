@@ -10,10 +10,11 @@ import base64
 import os
 import re
 import shutil
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from test_serving_support import Gunicorn, cifar_jpegs, models_dir
+from test_serving_support import Gunicorn, cifar_jpegs, shipped_models, with_metadata, write_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +43,20 @@ def browser():
             browser.close()
 
 
+# A model whose file name is markup: the page must show it as text and send it intact.
+ODD_NAME = "<img src=x onerror=\"document.title='injected'\">"
+FIGURES = {"dwsep": {"cpu_images_per_s": 7054.3, "parameters": 204858},
+           "tutorial": {"cpu_images_per_s": 67362.2, "parameters": 62006}}
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, fresh_checkpoint):
-    weights = models_dir(tmp_path_factory, fresh_checkpoint)
+def server(tmp_path_factory):
+    """The repository's trained tutorial (with flip TTA in its metadata) and dwsep, a manifest with their
+    figures, and a copy of tutorial under ODD_NAME that the manifest does not describe."""
+    weights = shipped_models(tmp_path_factory.mktemp("browser-weights"))
+    with_metadata(weights / "tutorial.onnx", weights / "tutorial.onnx", tta="flip")
+    shutil.copy(weights / "tutorial.onnx", weights / f"{ODD_NAME}.onnx")
+    write_manifest(weights, "dwsep", **FIGURES)
     service = Gunicorn(tmp_path_factory.mktemp("gunicorn-browser") / "gunicorn.log", MODELS_DIR=str(weights),
                        WORKERS="1")
     service.start()
@@ -109,8 +121,8 @@ def test_choosing_a_file_shows_it_and_its_top5_as_labelled_bars(page, server, ca
     name, data = cat_jpeg
     path = tmp_path / name
     path.write_bytes(data)
-    expect(page.locator("#model option")).to_have_count(2)
-    assert page.input_value("#model") == "dwsep" and page.input_value("#topk") == "5"
+    expect(page.locator("#model-rows tr")).to_have_count(3)
+    assert page.input_value("#model-rows input:checked") == "dwsep" and page.input_value("#topk") == "5"
     page.set_input_files("#file", str(path))
     expect(page.locator("#results li")).to_have_count(5)
     expected = api_answer(server, name, data)
@@ -127,7 +139,7 @@ def test_choosing_a_file_shows_it_and_its_top5_as_labelled_bars(page, server, ca
 
 def test_dropping_an_image_and_changing_model_and_topk(page, server, cat_jpeg):
     name, data = cat_jpeg
-    expect(page.locator("#model option")).to_have_count(2)
+    expect(page.locator("#model-rows tr")).to_have_count(3)
     page.evaluate("""([name, b64]) => {
         const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
         const transfer = new DataTransfer();
@@ -139,7 +151,7 @@ def test_dropping_an_image_and_changing_model_and_topk(page, server, cat_jpeg):
     }""", [name, base64.b64encode(data).decode()])
     expect(page.locator("#results li")).to_have_count(5)
     assert page.text_content("#drop-text") == name
-    page.select_option("#model", "tutorial")
+    page.check("#model-rows input[value=tutorial]")
     page.select_option("#topk", "3")
     expect(page.locator("#results li")).to_have_count(3)
     expect(page.locator("#status")).to_have_text(re.compile(r"^tutorial: "))
@@ -156,3 +168,56 @@ def test_a_file_that_is_not_an_image_shows_the_error(page, tmp_path, failed_requ
     assert page.eval_on_selector_all("#results li", "items => items.length") == 0
     assert failed_requests == ["400 /predict?topk=5&model=dwsep"]
     failed_requests.clear()
+
+
+def shown_models(page) -> dict[str, dict]:
+    rows = page.eval_on_selector_all("#model-rows tr", """rows => rows.map(tr => ({
+        name: tr.querySelector('.name').textContent,
+        value: tr.querySelector('input[name=model]').value,
+        checked: tr.querySelector('input[name=model]').checked,
+        figures: [...tr.querySelectorAll('td.num')].map(td => td.textContent),
+        badges: [...tr.querySelectorAll('.badge')].map(b => b.textContent),
+    }))""")
+    return {row.pop("name"): row for row in rows}
+
+
+def test_the_model_table_shows_accuracy_speed_and_tta_and_sends_the_chosen_model(page, server, cat_jpeg, tmp_path):
+    listed = {m["name"]: m for m in requests.get(server.url + "/models", timeout=10).json()["models"]}
+    expect(page.locator("#model-rows tr")).to_have_count(3)
+    expect(page.locator("#models-note")).to_be_hidden()
+    shown = shown_models(page)
+    accuracy = {name: f"{m['test_accuracy'] * 100:.1f}%" for name, m in listed.items()}
+    assert shown == {
+        "dwsep": {"value": "dwsep", "checked": True, "figures": [accuracy["dwsep"], "7,054"], "badges": ["default"]},
+        "tutorial": {"value": "tutorial", "checked": False, "figures": [accuracy["tutorial"], "67,362"],
+                     "badges": ["TTA: flip"]},
+        # no manifest entry for this file: its speed is unknown, its accuracy and TTA come from the file
+        ODD_NAME: {"value": ODD_NAME, "checked": False, "figures": [accuracy[ODD_NAME], "\u2014"],
+                   "badges": ["TTA: flip"]},
+    }
+    assert re.fullmatch(r"\d{2}\.\d%", accuracy["dwsep"])
+    # a click anywhere on a row chooses its model; the next image goes to that model
+    page.locator("#model-rows tr[data-model=tutorial] td.num").first.click()
+    assert page.input_value("#model-rows input:checked") == "tutorial"
+    name, data = cat_jpeg
+    path = tmp_path / name
+    path.write_bytes(data)
+    with page.expect_request(lambda r: r.url.startswith(server.url + "/predict")) as sent:
+        page.set_input_files("#file", str(path))
+    assert parse_qs(urlsplit(sent.value.url).query)["model"] == ["tutorial"]
+    expected = api_answer(server, name, data, model="tutorial")
+    expect(page.locator("#status")).to_have_text(f"tutorial: {expected[0]['label']}")
+    assert [bar["label"] for bar in shown_bars(page)] == [p["label"] for p in expected]
+
+
+def test_a_model_name_that_looks_like_markup_is_shown_as_text_and_sent_intact(page, server, cat_jpeg):
+    expect(page.locator("#model-rows tr")).to_have_count(3)
+    assert page.locator("#controls img").count() == 0
+    row = page.locator("#model-rows tr").filter(has_text=ODD_NAME)
+    expect(row).to_have_count(1)
+    row.locator("input").check()
+    name, data = cat_jpeg
+    page.set_input_files("#file", files=[{"name": name, "mimeType": "image/jpeg", "buffer": data}])
+    expected = api_answer(server, name, data, model=ODD_NAME)
+    expect(page.locator("#status")).to_have_text(f"{ODD_NAME}: {expected[0]['label']}")
+    assert page.title() == "CIFAR-10 classifier"

@@ -2,6 +2,8 @@
 
 - ``models_dir``: ``tutorial`` and ``dwsep`` exported once per session by the real exporter
   (``export.onnx.export_checkpoint``) from the ``fresh_checkpoint`` fixture, with a MANIFEST.json.
+- ``shipped_models``, ``write_manifest``: copies of the repository's own trained ``weights/*.onnx``
+  (which carry a test accuracy) and a MANIFEST.json with figures, as ``export.package`` writes them.
 - ``cifar_jpegs``: real CIFAR-10 test JPEG files (bytes as stored in the archive), a few per class.
 - ``png_bytes``, ``noise_bytes``: small synthetic uploads.
 - ``Gunicorn``: the service started as ``make serve`` starts it, on a free loopback port, stopped
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -26,6 +29,7 @@ import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights"
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DEFAULT = "dwsep"
@@ -67,6 +71,41 @@ def copy_models(source: Path, target: Path, names=("tutorial", "dwsep"), manifes
     if manifest:
         shutil.copy(source / "MANIFEST.json", target / "MANIFEST.json")
     return target
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def with_metadata(source: Path, target: Path, **changes: str) -> Path:
+    """A copy of the model ``source`` whose metadata keys ``changes`` are set (added if missing)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    props.update(changes)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(target))
+    return target
+
+
+def shipped_models(target: Path, names=("tutorial", "dwsep")) -> Path:
+    """Copies of the repository's small trained models from weights/ (no manifest)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(WEIGHTS / f"{name}.onnx", target / f"{name}.onnx")
+    return target
+
+
+def write_manifest(folder: Path, default: str | None = None, **entries: dict) -> dict:
+    """``folder/MANIFEST.json`` with an entry per keyword; each entry measured ``folder/<name>.onnx``
+    (its ``onnx_sha256``) unless it says otherwise. Returns the manifest."""
+    manifest = {"default_model": default, "models": {
+        name: {"onnx": f"{name}.onnx", "onnx_sha256": file_sha256(folder / f"{name}.onnx"), **entry}
+        for name, entry in entries.items()}}
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
 
 
 def cifar_jpegs(archive: Path, per_class: int = 2) -> list[tuple[int, str, bytes]]:

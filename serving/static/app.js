@@ -1,20 +1,78 @@
 "use strict";
-// The page: choose/drop/paste an image -> preview -> POST /predict -> one labelled bar per class.
+// The page: pick a model (by its accuracy and speed) -> choose/drop/paste an image -> preview ->
+// POST /predict -> one labelled bar per class. Text from the server only ever goes in as textContent.
 (function () {
   const $ = (id) => document.getElementById(id);
   const drop = $("drop"), fileInput = $("file"), preview = $("preview"), dropText = $("drop-text");
-  const modelSelect = $("model"), topkSelect = $("topk");
+  const controls = $("controls"), modelRows = $("model-rows"), modelsNote = $("models-note"), topkSelect = $("topk");
   const results = $("results"), errorBox = $("error"), status = $("status");
+  const wholeNumber = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
   let lastFile = null, previewUrl = null;
 
   for (let k = 1; k <= 10; k++) topkSelect.add(new Option(String(k), String(k), k === 5, k === 5));
 
-  fetch("/models").then((r) => r.json()).then((body) => {
-    for (const m of body.models || []) {
-      const acc = m.test_accuracy == null ? "" : ` (${(m.test_accuracy * 100).toFixed(1)}% test)`;
-      modelSelect.add(new Option(m.name + acc, m.name, m.default, m.default));
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text != null) node.textContent = text;
+    return node;
+  }
+
+  // A figure, or a dash when the service does not know it (no manifest entry for this very file).
+  function figureCell(id, text, unknown) {
+    const cell = element("td", "num", text == null ? "\u2014" : text);
+    cell.id = id;
+    if (text == null) cell.title = unknown;
+    return cell;
+  }
+
+  function modelRow(m, i) {
+    const row = element("tr");
+    row.dataset.model = m.name;
+    const radio = element("input");
+    radio.type = "radio";
+    radio.name = "model";
+    radio.value = m.name;
+    radio.checked = Boolean(m.default);
+    radio.setAttribute("aria-describedby", `model-${i}-accuracy model-${i}-speed`);
+    const label = element("label");
+    label.append(radio, element("span", "name", m.name));
+    if (m.default) label.append(element("span", "badge default", "default"));
+    if (m.tta && m.tta !== "none") {
+      const tta = element("span", "badge tta", "TTA: " + m.tta);
+      const variants = { flip: "mirrored", flip_translate: "mirrored and shifted" }[m.tta] || "in other variants";
+      tta.title = `test-time augmentation: each image is also classified ${variants} and the answers averaged`;
+      label.append(tta);
     }
-  }).catch(() => showError("could not list the models"));
+    const name = element("td");
+    name.append(label);
+    row.append(
+      name,
+      figureCell(`model-${i}-accuracy`, m.test_accuracy == null ? null : (m.test_accuracy * 100).toFixed(1) + "%",
+        "not measured"),
+      figureCell(`model-${i}-speed`, m.cpu_images_per_s == null ? null : wholeNumber.format(m.cpu_images_per_s),
+        "not measured for this file"),
+    );
+    // the whole row picks the model, not only its name
+    row.addEventListener("click", (e) => { if (!label.contains(e.target)) radio.click(); });
+    return row;
+  }
+
+  function chosenModel() {
+    const radio = modelRows.querySelector("input[name=model]:checked");
+    return radio ? radio.value : "";
+  }
+
+  fetch("/models").then((r) => {
+    if (!r.ok) throw new Error(`status ${r.status}`);
+    return r.json();
+  }).then((body) => {
+    modelRows.replaceChildren(...(body.models || []).map(modelRow));
+    modelsNote.hidden = true;
+  }).catch(() => {
+    modelsNote.textContent = "Could not list the models; images go to the default model.";
+    showError("could not list the models");
+  });
 
   function showError(message) {
     errorBox.textContent = message;
@@ -61,7 +119,7 @@
     const form = new FormData();
     form.append("img", file, file.name || "pasted.png");
     const query = new URLSearchParams({ topk: topkSelect.value });
-    if (modelSelect.value) query.set("model", modelSelect.value);
+    if (chosenModel()) query.set("model", chosenModel());
     try {
       const response = await fetch("/predict?" + query, { method: "POST", body: form });
       const body = await response.json().catch(() => null);
@@ -93,7 +151,6 @@
     const item = [...(e.clipboardData || {}).items || []].find((i) => i.type.startsWith("image/"));
     if (item) classify(item.getAsFile());
   });
-  for (const select of [modelSelect, topkSelect]) {
-    select.addEventListener("change", () => { if (lastFile) classify(lastFile); });
-  }
+  // another model or top-k: the last image again
+  controls.addEventListener("change", () => { if (lastFile) classify(lastFile); });
 })();
