@@ -45,7 +45,8 @@ TRAINING_STATE = ("optimizer", "scheduler", "rng", "lookahead")
 DATASET = "CIFAR-10, JPEG-q75 copy (../shared/data/cifar10-jpeg.tar.gz), 10,000 test images"
 MAX_FILE_BYTES = 16 * 2**20
 THROUGHPUT_IMAGES = 2048
-RUN_EVIDENCE = ("metrics.jsonl", "log.txt", "loss.png", "accuracy.png", "lr.png", "confusion.png")  # log.txt: when the run was logged to one
+# log.txt exists when the run's output was redirected into its folder (the README's background runs).
+RUN_EVIDENCE = ("metrics.jsonl", "log.txt", "loss.png", "accuracy.png", "lr.png", "confusion.png")
 
 
 def checkpoint_of(run: str | os.PathLike) -> Path:
