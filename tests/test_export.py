@@ -55,12 +55,15 @@ def exported(fresh_checkpoint, data_archive, tmp_path_factory):
 
 
 def reference_outputs(ckpt_path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The checkpoint's model on ``images``, normalized here from the checkpoint's mean/std."""
+    """The checkpoint's model, with its recipe's test-time augmentation, on ``images`` normalized here."""
+    from training.tta import with_tta
+
     ckpt = load_checkpoint(ckpt_path)
     mean, std = np.array(ckpt["mean"], np.float32), np.array(ckpt["std"], np.float32)
     x = ((images.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
+    model = with_tta(model_from_checkpoint(ckpt), ckpt["recipe"].get("tta", "none"))
     with torch.no_grad():
-        logits = model_from_checkpoint(ckpt)(torch.from_numpy(np.ascontiguousarray(x)))
+        logits = model(torch.from_numpy(np.ascontiguousarray(x)))
     return logits.numpy(), logits.softmax(1).numpy()
 
 
