@@ -10,6 +10,7 @@ rank taking its share of every epoch's permutation (``--batch-size`` stays the g
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -159,7 +160,11 @@ def _resolve_run_settings(args: argparse.Namespace, resumed: dict | None, device
         say("resume: keeping the run's " + ", ".join(kept))
     if overridden:
         say("resume: overridden by flags: " + ", ".join(overridden))
-    return resolve_precision(device, values["precision"], values["channels_last"]), values["eval_limit"]
+    precision = resolve_precision(device, values["precision"], values["channels_last"])
+    if flags["precision"] is None and flags["channels_last"] is None:
+        layout = " + channels_last" if precision.channels_last else ""
+        precision = dataclasses.replace(precision, reason=f"{precision.name}{layout} (the run's own)")
+    return precision, values["eval_limit"]
 
 
 def train(args: argparse.Namespace) -> dict:
