@@ -60,3 +60,14 @@ def fresh_checkpoint(tmp_path_factory):
         return made[arch]
 
     return make
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test, restored after it: small CPU models do not gain from two."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

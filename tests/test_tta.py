@@ -27,12 +27,7 @@ ARCH = "whitened_vgg_fast"
 PARITY_IMAGES = 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the other core may be training
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ NAMES = ("whitened_vgg_fast", "whitened_vgg_best")
 PARAMETERS = {"whitened_vgg_fast": (1_971_352, 1_972_792), "whitened_vgg_best": (3_571_096, 3_573_304)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the other core may be training
 
 
 def normalized(images_uint8: np.ndarray, mean, std) -> torch.Tensor:
