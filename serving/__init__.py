@@ -28,7 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """
     from flask import Flask
 
-    from serving import api, errors, kserve, metrics, openapi, web
+    from serving import api, errors, kserve, metrics, openapi, request_context, web
     from serving.models import ModelRegistry
 
     settings = load_config(config)
@@ -39,6 +39,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         settings["MODELS_DIR"], settings["DEFAULT_MODEL"], settings["INTRA_OP_THREADS"])
 
     errors.register_error_handlers(app)
+    request_context.init_app(app)  # before metrics: a refused request is still counted
     metrics.init_app(app)
     for blueprint in (api.bp, kserve.bp, openapi.bp, web.bp):
         app.register_blueprint(blueprint)

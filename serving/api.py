@@ -7,10 +7,11 @@ import time
 from typing import NamedTuple
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from serving import images, metrics, multipart
+from serving import images, lifecycle, metrics, multipart
+from serving.deadlines import BodyTimeout, body_deadline
 from serving.errors import ApiError
 from serving.models import PROBABILITIES, LoadedModel, ModelRegistry, UnknownModelError
 
@@ -44,23 +45,37 @@ def parse_topk(raw: str | None, classes: int) -> int:
     return int(raw)
 
 
-def read_body() -> bytes:
-    """The request body, at most MAX_CONTENT_LENGTH bytes, whether its length was declared or it was chunked.
+def read_body(limit: int | None = None, why: str = "") -> bytes:
+    """The request body, at most ``limit`` (default MAX_CONTENT_LENGTH; ``why`` explains another) bytes.
 
     Werkzeug refuses a too-large Content-Length itself, but leaves a chunked body that the WSGI
-    server marks as terminated unbounded; this read enforces the limit for both.
+    server marks as terminated unbounded; this read enforces the limit for both. A body that stops
+    arriving (READ_TIMEOUT between bytes) or is not complete REQUEST_TIMEOUT after the request
+    began is answered with 408.
     """
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if limit is None or limit >= current_app.config["MAX_CONTENT_LENGTH"]:
+        limit, too_large = current_app.config["MAX_CONTENT_LENGTH"], RequestEntityTooLarge()
+    else:
+        too_large = ApiError(413, f"request body is larger than {limit:,} bytes, {why}")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
     stream = request.stream
     chunks, total = [], 0
-    while True:
-        chunk = stream.read(min(1 << 20, limit + 1 - total))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > limit:
-            raise RequestEntityTooLarge()
+    remaining = current_app.config["REQUEST_TIMEOUT"] - (time.monotonic() - g.get("request_started", time.monotonic()))
+    try:
+        with body_deadline(remaining):
+            while True:
+                chunk = stream.read(min(1 << 20, limit + 1 - total))
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise too_large
+    except (BodyTimeout, TimeoutError):
+        raise ApiError(408, f"the request body did not arrive in time ({total:,} bytes received; the limits are "
+                            f"{current_app.config['READ_TIMEOUT']:g} s without data, READ_TIMEOUT, and "
+                            f"{current_app.config['REQUEST_TIMEOUT']:g} s in all, REQUEST_TIMEOUT)") from None
 
 
 def decode_upload(data: bytes, what: str) -> np.ndarray:
@@ -160,7 +175,9 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
+    """200 once every model is loaded and warmed; 503 while this worker shuts down (serving/lifecycle.py)."""
     reg = registry()
     if not reg.ready:
-        return jsonify(status="not ready", models=[]), 503
+        reason = "shutting down" if lifecycle.shutting_down() else "models not loaded"
+        return jsonify(status="not ready", reason=reason, models=[]), 503
     return jsonify(status="ready", models=reg.names, default_model=reg.default_name)

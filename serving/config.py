@@ -6,12 +6,38 @@ variable           default    meaning
 MODELS_DIR         weights    folder of ``<name>.onnx`` files (and optional ``MANIFEST.json``)
 DEFAULT_MODEL      (see doc)  model used when a request names none; else MANIFEST's
                               ``default_model``; else the first model name in sorted order
+DEFAULT_TOPK       5          classes in an answer when the request gives no ``topk``
 MAX_UPLOAD_MB      10         largest request body in MiB; larger bodies get 413
 MAX_IMAGE_PIXELS   64000000   largest decoded image (width x height); larger ones get 413 before
                               their pixels are decoded (decompression-bomb guard)
 MAX_BATCH          64         most images in one request (multipart parts or v2 batch rows)
 INTRA_OP_THREADS   auto       onnxruntime threads per session run: usable CPUs // WORKERS, >= 1
-WORKERS            auto       gunicorn worker processes (read by serving/gunicorn.conf.py too)
+READ_TIMEOUT       10         seconds a request's body may go without sending a byte: 408
+REQUEST_TIMEOUT    30         seconds from a request's headers to the end of its body: 408
+API_TOKEN          (none)     when set, /predict, /v2/.../infer, /models and /metrics need the
+                              header ``Authorization: Bearer <token>`` (401 otherwise)
+API_TOKEN_FILE     (none)     a file holding the token (first line), instead of API_TOKEN
+=================  =========  =====================================================================
+
+Read by serving/gunicorn.conf.py only (the process model, not the app):
+
+=================  =========  =====================================================================
+HOST, PORT         127.0.0.1  the address to listen on (8000)
+WORKERS            auto       worker processes: usable CPUs
+WORKER_CLASS       (ours)     ``serving.worker.ServiceWorker`` (gevent with the deadlines above);
+                              another gunicorn worker class loses the slow-client protection
+WORKER_CONNECTIONS 1000       connections one worker holds at once (gevent); more wait in the backlog
+KEEPALIVE          5          seconds an idle connection is kept, and the most a client may take to
+                              send a request's headers; then it is dropped
+DRAIN_SECONDS      5          after SIGTERM: seconds of answering with /readyz at 503 before the
+                              listener closes; in-flight requests then get GRACEFUL_TIMEOUT more
+GRACEFUL_TIMEOUT   10         seconds in-flight requests may take to finish when stopping
+TIMEOUT            30         a worker silent this long (stuck in native code) is killed and replaced
+MAX_REQUESTS       20000      requests a worker answers before it is replaced (plus up to 10%
+                              random jitter), so memory cannot creep; 0 = never
+REUSE_PORT         1          one listening socket per worker (the kernel spreads connections)
+ACCESS_LOG         off        1 = one access-log line per request on stdout, with its X-Request-ID
+LOG_LEVEL          info       gunicorn's and the service's log level
 =================  =========  =====================================================================
 """
 
@@ -31,6 +57,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH": 64,
     "INTRA_OP_THREADS": None,
     "DEFAULT_TOPK": 5,
+    "READ_TIMEOUT": 10.0,
+    "REQUEST_TIMEOUT": 30.0,
+    "API_TOKEN": None,
+    "API_TOKEN_FILE": None,
 }
 
 
@@ -66,6 +96,28 @@ def _positive_float(name: str, value: Any) -> float:
     return number
 
 
+def _api_token(token: Any, token_file: Any) -> str | None:
+    """The bearer token from API_TOKEN or the first line of API_TOKEN_FILE; None when neither is set."""
+    if token is not None and token_file is not None:
+        raise ConfigError("set API_TOKEN or API_TOKEN_FILE, not both")
+    if token_file is not None:
+        try:
+            with open(str(token_file), encoding="utf-8") as handle:
+                token = handle.readline()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"API_TOKEN_FILE {str(token_file)!r} cannot be read: {exc}") from None
+        source = "API_TOKEN_FILE's first line"
+    else:
+        source = "API_TOKEN"
+    if token is None:
+        return None
+    token = str(token).strip()
+    # RFC 6750's token68 characters: anything else could not be sent in an Authorization header.
+    if not token or any(not (c.isascii() and (c.isalnum() or c in "-._~+/=")) for c in token):
+        raise ConfigError(f"{source} must be a non-empty token of letters, digits and -._~+/= only")
+    return token
+
+
 def default_workers(environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     if environ.get("WORKERS", "").strip():
@@ -97,6 +149,9 @@ def load_config(overrides: Mapping[str, Any] | None = None,
         "MAX_IMAGE_PIXELS": _positive_int("MAX_IMAGE_PIXELS", raw["MAX_IMAGE_PIXELS"]),
         "MAX_BATCH": _positive_int("MAX_BATCH", raw["MAX_BATCH"]),
         "DEFAULT_TOPK": _positive_int("DEFAULT_TOPK", raw["DEFAULT_TOPK"]),
+        "READ_TIMEOUT": _positive_float("READ_TIMEOUT", raw["READ_TIMEOUT"]),
+        "REQUEST_TIMEOUT": _positive_float("REQUEST_TIMEOUT", raw["REQUEST_TIMEOUT"]),
+        "API_TOKEN": _api_token(raw["API_TOKEN"], raw["API_TOKEN_FILE"]),
     }
     if raw["INTRA_OP_THREADS"] is None:
         config["INTRA_OP_THREADS"] = default_intra_op_threads(default_workers(environ))
@@ -108,3 +163,37 @@ def load_config(overrides: Mapping[str, Any] | None = None,
     for key, value in (overrides or {}).items():
         config.setdefault(key, value)
     return config
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    return 0 if str(value).strip() == "0" else _positive_int(name, value)
+
+
+def _switch(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def process_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """gunicorn's settings from the environment (the second table above), validated. Raises ConfigError."""
+    environ = os.environ if environ is None else environ
+
+    def get(name: str, default: str) -> str:
+        value = environ.get(name, "")
+        return value if value.strip() else default
+
+    return {
+        "bind": f"{get('HOST', '127.0.0.1')}:{_positive_int('PORT', get('PORT', '8000'))}",
+        "workers": default_workers(environ),
+        "worker_class": get("WORKER_CLASS", "serving.worker.ServiceWorker"),
+        "worker_connections": _positive_int("WORKER_CONNECTIONS", get("WORKER_CONNECTIONS", "1000")),
+        "threads": _positive_int("THREADS", get("THREADS", "1")),
+        "keepalive": _positive_int("KEEPALIVE", get("KEEPALIVE", "5")),
+        "drain_seconds": 0.0 if get("DRAIN_SECONDS", "5").strip() == "0"
+        else _positive_float("DRAIN_SECONDS", get("DRAIN_SECONDS", "5")),
+        "graceful_timeout": _positive_float("GRACEFUL_TIMEOUT", get("GRACEFUL_TIMEOUT", "10")),
+        "timeout": _positive_int("TIMEOUT", get("TIMEOUT", "30")),
+        "max_requests": _non_negative_int("MAX_REQUESTS", get("MAX_REQUESTS", "20000")),
+        "reuse_port": get("REUSE_PORT", "1").strip().lower() not in ("0", "false", "no", "off"),
+        "access_log": _switch(get("ACCESS_LOG", "")),
+        "log_level": get("LOG_LEVEL", "info"),
+    }

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from serving.deadlines import body_deadline
 
 log = logging.getLogger(__name__)
 
 # A rejected request body that was not read would leave the client writing into a closed socket;
 # bodies up to this size are read and dropped first, so the client gets to see the 413.
 _DRAIN_LIMIT = 64 * 1024 * 1024
+_DRAIN_SECONDS = 2.0
 
 
 class ApiError(Exception):
@@ -42,7 +45,7 @@ def error_response(status: int, message: str) -> Response:
 
 
 def _drain_body() -> None:
-    """Read and drop what is left of the request body (bounded), ignoring errors."""
+    """Read and drop what is left of the request body (bounded in size and time), ignoring errors."""
     length = request.content_length
     if length is not None and length > _DRAIN_LIMIT:
         return
@@ -51,12 +54,13 @@ def _drain_body() -> None:
         return
     remaining = _DRAIN_LIMIT
     try:
-        while remaining > 0:
-            chunk = stream.read(min(remaining, 1024 * 1024))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-    except Exception:  # a client that hung up; nothing left to drain
+        with body_deadline(_DRAIN_SECONDS):
+            while remaining > 0:
+                chunk = stream.read(min(remaining, 1024 * 1024))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+    except Exception:  # a client that hung up or stalled: the connection is dropped after the answer
         pass
 
 
@@ -79,7 +83,7 @@ def _http_message(exc: HTTPException) -> str:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(exc: ApiError):
-        if exc.status == 413:
+        if exc.status in (401, 413):
             _drain_body()
         return error_response(exc.status, exc.message)
 
@@ -94,5 +98,6 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s (request id %s)", request.method, request.path[:200],
+                      g.get("request_id", "-"))
         return error_response(500, "internal server error; the service log has the details")

@@ -1,20 +1,26 @@
 """gunicorn settings for ``gunicorn --config serving/gunicorn.conf.py 'serving:create_app()'``.
 
-Environment: HOST (127.0.0.1), PORT (8000), WORKERS (usable CPUs), WORKER_CLASS (gthread),
-THREADS (1 per worker), INTRA_OP_THREADS (usable CPUs // WORKERS, at least 1), TIMEOUT (30 s),
-REUSE_PORT (1: one listening socket per worker), ACCESS_LOG (off; 1 = to stdout), LOG_LEVEL
-(info), plus the service's own settings (MODELS_DIR, DEFAULT_MODEL, MAX_UPLOAD_MB, ... see
-serving/config.py).
+Every environment variable read here is listed in serving/config.py (``process_settings``), with
+the service's own settings (MODELS_DIR, DEFAULT_MODEL, MAX_UPLOAD_MB, ...).
 
-Start-up: before any worker is forked, every model is loaded, verified and warmed once (in a
-short-lived child: the master never imports onnxruntime, see _verify_models); a missing or corrupt
-model, bad metadata or an unknown DEFAULT_MODEL is one clear log line and exit status 1. Each
-worker then opens its own onnxruntime sessions.
+Worker: serving.worker.ServiceWorker, gevent with read and request deadlines, so that slow or
+stalled clients hold a greenlet each, never the worker (see that module for the measurements).
+
+Start-up: before any worker is forked, the master reads MODELS_DIR's bytes once and keeps them
+(serving/model_files.py): every worker, also one respawned later, serves exactly those bytes.
+The models are verified and warmed once from them (in a short-lived child: the master never
+imports onnxruntime, see _verify_models); a missing or corrupt model, bad metadata or an unknown
+DEFAULT_MODEL is one clear log line and exit status 1.
+
+Stopping: on SIGTERM each worker answers /readyz with 503 for DRAIN_SECONDS while still serving,
+then closes its listener and finishes in-flight requests (GRACEFUL_TIMEOUT). SIGINT/SIGQUIT stop
+at once.
 
 Metrics: PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless given) is emptied at start;
 the workers write their metrics there, and a dead worker's files are marked in child_exit.
 """
 
+import math
 import os
 import shutil
 import sys
@@ -25,31 +31,42 @@ _OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="cifar10-serving-metrics-")
 
-from serving.config import ConfigError, default_intra_op_threads, default_workers, load_config  # noqa: E402
+from serving import model_files  # noqa: E402
+from serving.config import ConfigError, default_intra_op_threads, load_config, process_settings  # noqa: E402
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = default_workers()
-# gthread for HTTP keep-alive (sync workers close every connection: 2-3x slower in
-# benchmarks/serve_load.py). One thread per worker measured faster than two (the threads of a worker
-# share one GIL); THREADS=2 or more lets a worker answer others while a slow client uploads.
-worker_class = os.environ.get("WORKER_CLASS", "gthread")
-threads = int(os.environ.get("THREADS", "1"))
+try:
+    _settings = process_settings()
+except ConfigError as _exc:
+    print(f"cannot start the service: {_exc}", file=sys.stderr)
+    sys.exit(1)
+
+bind = _settings["bind"]
+workers = _settings["workers"]
+worker_class = _settings["worker_class"]
+worker_connections = _settings["worker_connections"]
+threads = _settings["threads"]  # only gthread uses threads
 # Each worker listens on its own SO_REUSEPORT socket and the kernel spreads new connections over
 # them. With one shared socket, whichever worker wakes first accepts a burst of keep-alive
 # connections alone (seen with 4 and with 16 benchmark clients: all on one of 2 workers).
 # on_starting first checks that nothing else listens on the port, so two servers never share it.
-reuse_port = os.environ.get("REUSE_PORT", "1").lower() not in ("0", "false", "no", "off")
-timeout = int(os.environ.get("TIMEOUT", "30"))
-graceful_timeout = 10
-keepalive = 5
-loglevel = os.environ.get("LOG_LEVEL", "info")
+reuse_port = _settings["reuse_port"]
+timeout = _settings["timeout"]
+keepalive = _settings["keepalive"]
+# The master waits this long after SIGTERM before it kills workers: the drain, then in-flight requests.
+graceful_timeout = math.ceil(_settings["drain_seconds"] + _settings["graceful_timeout"])
+# Recycle workers so that memory cannot creep; the jitter keeps them from restarting together.
+max_requests = _settings["max_requests"]
+max_requests_jitter = max_requests // 10
+loglevel = _settings["log_level"]
 errorlog = "-"
-accesslog = "-" if os.environ.get("ACCESS_LOG", "").lower() in ("1", "true", "yes", "on") else None
+accesslog = "-" if _settings["access_log"] else None
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms request_id=%({x-request-id}o)s'
 proc_name = "cifar10-serving"
 control_socket_disable = True  # gunicorn >= 24's control socket: unused here, and one path per user collides
 preload_app = False
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"  # worker heartbeats in memory, not on a (possibly slow) disk
+os.environ["DRAIN_SECONDS"] = str(_settings["drain_seconds"])  # read by serving.worker in each worker
 
 
 def _reset_metrics_dir(path: str) -> None:
@@ -123,7 +140,9 @@ def on_starting(server):
     os.environ.setdefault("INTRA_OP_THREADS", str(default_intra_op_threads(server.cfg.workers)))
     try:
         config = load_config()
-    except ConfigError as exc:
+        # Read once, here: forked workers inherit these bytes and never read the folder again.
+        model_files.pin(model_files.read_model_files(config["MODELS_DIR"]))
+    except (ConfigError, model_files.ModelLoadError) as exc:
         ok, message = False, str(exc)
     else:
         ok, message = _verify_models(config)

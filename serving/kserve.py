@@ -16,6 +16,7 @@ Errors are ``{"error": "..."}`` with a 4xx status, as the protocol defines.
 from __future__ import annotations
 
 import json
+import re
 from importlib import metadata as package_metadata
 
 import numpy as np
@@ -29,6 +30,12 @@ bp = Blueprint("kserve", __name__, url_prefix="/v2")
 
 VERSION = "1"
 HEADER_LENGTH = "Inference-Header-Content-Length"
+_DECIMAL = re.compile(r"[0-9]{1,12}")  # not str.isdigit(): it accepts superscripts and other scripts' digits
+# The largest legal request: MAX_BATCH x 32 x 32 x 3 values as JSON text ("255, " at most, brackets
+# and indentation included) plus the rest of the header; a binary request is smaller. Larger bodies
+# get 413 before a byte of JSON is decoded.
+_JSON_BYTES_PER_VALUE = 6
+_JSON_HEADER_ALLOWANCE = 64 * 1024
 _JSON_TYPES = {"", "application/json", "application/octet-stream", "application/vnd.kserve+json"}
 
 
@@ -83,17 +90,23 @@ def model_ready(name: str, version: str | None = None):
     return jsonify(name=model.name, ready=model.warmed), 200 if model.warmed else 503
 
 
+def _body_limit() -> int:
+    values = current_app.config["MAX_BATCH"] * int(np.prod(IMAGE_SHAPE))
+    return min(values * _JSON_BYTES_PER_VALUE + _JSON_HEADER_ALLOWANCE, current_app.config["MAX_CONTENT_LENGTH"])
+
+
 def _split_body() -> tuple[dict, bytes]:
     """The JSON inference header and the binary tensor data after it."""
     mimetype = request.mimetype or ""
     if mimetype not in _JSON_TYPES:
         raise ApiError(415, f"unsupported content type {mimetype!r}: send the inference request as application/json")
-    body = read_body()
+    body = read_body(_body_limit(), f"the most a request of MAX_BATCH={current_app.config['MAX_BATCH']} "
+                                    "images can need as JSON")
     declared = request.headers.get(HEADER_LENGTH)
     if declared is None:
         header, binary = body, b""
     else:
-        if not declared.isdigit() or not 0 < int(declared) <= len(body):
+        if not _DECIMAL.fullmatch(declared) or not 0 < int(declared) <= len(body):
             raise ApiError(400, f"{HEADER_LENGTH} must be the JSON header's length in bytes (1..{len(body)}), "
                                 f"got {declared[:20]!r}")
         header, binary = body[:int(declared)], body[int(declared):]
@@ -101,8 +114,10 @@ def _split_body() -> tuple[dict, bytes]:
         raise ApiError(400, "empty request body: expected a JSON inference request")
     try:
         doc = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"the inference request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "the inference request is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over Python's digit limit
+        raise ApiError(400, f"the inference request is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(doc, dict):
         raise ApiError(400, "the inference request must be a JSON object with an 'inputs' list")
     return doc, binary
@@ -142,8 +157,8 @@ def _image_tensor(doc: dict, binary: bytes) -> np.ndarray:
         raise ApiError(400, f"input {INPUT_NAME!r} has no 'data'")
     try:
         values = np.asarray(tensor["data"])
-    except ValueError:
-        raise ApiError(400, f"input {INPUT_NAME!r}: 'data' is a ragged nested list") from None
+    except (ValueError, TypeError, OverflowError, RecursionError):  # ragged, or nested deeper than numpy allows
+        raise ApiError(400, f"input {INPUT_NAME!r}: 'data' must be a (nested) list of integers, not ragged") from None
     if values.size != count:
         raise ApiError(400, f"input {INPUT_NAME!r}: shape {shape} needs {count} values, 'data' has {values.size}")
     if values.dtype.kind not in "iu" or (values.size and (values.min() < 0 or values.max() > 255)):

@@ -28,17 +28,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from serving import lifecycle
+from serving.model_files import MANIFEST, ModelFiles, ModelLoadError, files_for
+
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 PROBABILITIES = "probabilities"
 LOGITS = "logits"
 IMAGE_SHAPE = (32, 32, 3)
-MANIFEST = "MANIFEST.json"
-
-
-class ModelLoadError(RuntimeError):
-    """The models cannot be served; the message is one line meant for the operator."""
+__all__ = ["ModelLoadError", "ModelRegistry", "LoadedModel", "UnknownModelError", "load_model"]
 
 
 class UnknownModelError(KeyError):
@@ -143,12 +142,13 @@ def _dims_match(shape, expected) -> bool:
     return len(shape) == len(expected) and all(a == b for a, b in zip(shape, expected, strict=True))
 
 
-def load_model(path: Path, intra_op_threads: int = 1) -> LoadedModel:
-    """Load, verify and warm one model file. Raises ModelLoadError."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
+def load_model(path: Path, intra_op_threads: int = 1, data: bytes | None = None) -> LoadedModel:
+    """Load, verify and warm one model file (``data``: its bytes, when already read). Raises ModelLoadError."""
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
     if not data:
         raise ModelLoadError(f"{path}: model file is empty")
     try:
@@ -213,10 +213,10 @@ def warm_up(model: LoadedModel) -> None:
 
 
 class ModelRegistry:
-    def __init__(self, models: dict[str, LoadedModel], default: str, models_dir: Path):
+    def __init__(self, models: dict[str, LoadedModel], default: str, files: ModelFiles):
         self.models = models
         self.default_name = default
-        self.models_dir = models_dir
+        self.files = files  # the bytes the models were built from (see serving/model_files.py)
 
     @property
     def names(self) -> list[str]:
@@ -224,7 +224,8 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        return bool(self.models) and all(m.warmed for m in self.models.values())
+        """Every model loaded and warmed, and this worker not shutting down (serving/lifecycle.py)."""
+        return bool(self.models) and all(m.warmed for m in self.models.values()) and not lifecycle.shutting_down()
 
     def get(self, name: str | None = None) -> LoadedModel:
         if name is None or name == "":
@@ -237,20 +238,15 @@ class ModelRegistry:
     @classmethod
     def load(cls, models_dir: str | Path, default_model: str | None = None,
              intra_op_threads: int = 1) -> ModelRegistry:
-        folder = Path(models_dir)
-        if not folder.is_dir():
-            raise ModelLoadError(f"MODELS_DIR {str(folder)!r} is not a directory "
-                                 f"(resolved to {folder.resolve()})")
-        files = sorted(p for p in folder.glob("*.onnx") if not p.name.startswith("."))
-        if not files:
-            raise ModelLoadError(f"no .onnx model files in MODELS_DIR {str(folder)!r}")
+        """The models of ``models_dir``: the bytes pinned at start-up under gunicorn, else the files on disk."""
+        files = files_for(models_dir)
         models: dict[str, LoadedModel] = {}
-        for path in files:
-            model = load_model(path, intra_op_threads)
+        for name, data in files.models.items():
+            model = load_model(files.path_of(name), intra_op_threads, data)
             models[model.name] = model
             log.info("loaded model %s (%s, sha256 %s, test accuracy %s)", model.name, model.arch,
                      model.sha256[:12], model.test_accuracy)
-        manifest = read_manifest(folder)
+        manifest = parse_manifest(files)
         if manifest.error:
             if not default_model:  # it alone could name the default model: guessing one would hide the fault
                 raise ModelLoadError(manifest.error)
@@ -264,7 +260,7 @@ class ModelRegistry:
         for model in models.values():
             if model.classes != models[default].classes:
                 log.warning("model %s has other classes than the default model %s", model.name, default)
-        return cls(models, default, folder)
+        return cls(models, default, files)
 
 
 @dataclass(frozen=True)
@@ -308,14 +304,14 @@ def _positive_number(value: Any) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def read_manifest(folder: Path) -> Manifest:
-    """The manifest in ``folder``: empty if there is none, with ``error`` set if it cannot be used."""
-    path = folder / MANIFEST
-    if not path.is_file():
+def parse_manifest(files: ModelFiles) -> Manifest:
+    """The manifest read with ``files``: empty if there is none, with ``error`` set if it cannot be used."""
+    if files.manifest is None:
         return Manifest()
+    path = files.folder / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, over-long numbers
+        manifest = json.loads(files.manifest.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, over-long numbers
         return Manifest(path=path, error=f"{path}: not readable JSON: {_first_line(exc)}")
     except RecursionError:
         return Manifest(path=path, error=f"{path}: not readable JSON: nested too deeply")

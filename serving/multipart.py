@@ -15,6 +15,7 @@ from werkzeug.http import parse_options_header
 
 CRLF = b"\r\n"
 MAX_BOUNDARY = 200  # RFC 2046 allows 70 characters; be lenient, but not unbounded
+MAX_PART_HEADER_BYTES = 8 * 1024  # a real part has two or three short header lines
 
 
 class MultipartError(ValueError):
@@ -59,6 +60,9 @@ def parse(body: bytes, boundary: bytes, max_parts: int) -> list[Part]:
     """The parts of ``body`` in order. Raises MultipartError (400) or TooManyParts (413)."""
     dash = b"--" + boundary
     delimiter = CRLF + dash
+    # Count before parsing anything: the close delimiter is one more match, a leading one maybe another.
+    if body.count(delimiter) > max_parts + 1:
+        raise TooManyParts(f"more than {max_parts} parts in the multipart body")
     if body.startswith(dash):
         pos = len(dash)
     else:
@@ -81,8 +85,10 @@ def parse(body: bytes, boundary: bytes, max_parts: int) -> list[Part]:
             raw_headers, content_start = b"", start + 2
         else:
             # The blank line may share its CRLF with the next delimiter: a part with no content at all.
-            blank = body.find(CRLF + CRLF, start, end + 2)
+            blank = body.find(CRLF + CRLF, start, min(end + 2, start + MAX_PART_HEADER_BYTES + 4))
             if blank < 0:
+                if end + 2 - start > MAX_PART_HEADER_BYTES + 4:
+                    raise MultipartError(f"a part's headers are longer than {MAX_PART_HEADER_BYTES // 1024} KiB")
                 raise MultipartError("a part has no blank line between its headers and its content")
             raw_headers, content_start = body[start:blank], min(blank + 4, end)
         headers = _headers(raw_headers)

@@ -1,0 +1,86 @@
+"""The gunicorn worker class the service runs: gevent, with a deadline on every phase of a request.
+
+Why gevent: a connection is a greenlet, so a client that sends half its headers, or half its body,
+and then waits holds a few KiB, not the worker. With gthread (one thread per worker, as measured
+fastest) four such connections stopped the whole service; more threads only raise that number.
+benchmarks/slow_clients.py holds hundreds of stalled connections open while it measures /healthz
+and /predict.
+
+Deadlines (seconds, from serving/config.py):
+
+- headers: a connection must deliver each request's headers within KEEPALIVE of being accepted or
+  of its previous answer (gunicorn's own keep-alive timer for async workers); else it is dropped.
+- READ_TIMEOUT: once the headers are in, every socket read and write of the request (the body,
+  the answer) must make progress within this time; the app answers a stalled body with 408
+  (serving/api.py ``read_body``).
+- REQUEST_TIMEOUT: the app answers 408 when the body has not arrived in full by then, however
+  steadily it trickles; here, a request still unfinished REQUEST_TIMEOUT + READ_TIMEOUT + 5 s after
+  its headers (a client that will not read its answer) has its connection dropped.
+
+Fairness: a greenlet that finds its client's next request already waiting would serve it without
+ever yielding, so a few busy keep-alive clients could starve the others (p95 latency of 437 ms
+at 4 clients in benchmarks/serve_load.py before the yield below; see its results).
+
+Shutdown: SIGTERM makes this worker not ready (``serving.lifecycle``) and it keeps serving for
+DRAIN_SECONDS, so a load balancer sees /readyz turn 503 before the listener closes; then gunicorn's
+gevent worker stops accepting and gives in-flight requests the rest of the graceful timeout.
+"""
+
+from __future__ import annotations
+
+import os
+
+import gevent
+from gunicorn.workers.ggevent import GeventWorker
+
+from serving import lifecycle
+from serving.config import ConfigError, load_config
+
+# A request's last chance to finish after the app's own deadlines (writing a small JSON answer).
+_HARD_DEADLINE_MARGIN = 5.0
+
+
+class ServiceWorker(GeventWorker):
+    def init_process(self):
+        try:
+            config = load_config()
+        except ConfigError:
+            config = {"READ_TIMEOUT": 10.0, "REQUEST_TIMEOUT": 30.0}  # create_app reports the bad setting
+        self.read_timeout = config["READ_TIMEOUT"]
+        self.hard_deadline = config["REQUEST_TIMEOUT"] + config["READ_TIMEOUT"] + _HARD_DEADLINE_MARGIN
+        self.drain_seconds = float(os.environ.get("DRAIN_SECONDS", "0") or 0)
+        super().init_process()
+
+    def handle_request(self, listener_name, req, sock, addr):
+        sock.settimeout(self.read_timeout)
+        deadline = gevent.Timeout(self.hard_deadline)
+        deadline.start()
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise
+            self.log.warning("dropped a request from %s after %.0f s: %s %s did not finish",
+                             _peer(addr), self.hard_deadline, req.method, req.path[:200])
+            raise StopIteration() from None
+        finally:
+            deadline.close()
+            sock.settimeout(None)  # waiting for the next request is timed by the keep-alive timer instead
+            gevent.idle()  # let other connections' greenlets run before this one serves again
+
+    def handle_exit(self, sig, frame):
+        if lifecycle.shutting_down():
+            return
+        lifecycle.begin_shutdown()
+        if self.drain_seconds > 0:
+            self.log.info("worker %s: shutting down; not ready, still serving for %g s", self.pid, self.drain_seconds)
+            gevent.spawn_later(self.drain_seconds, self._stop_accepting)
+        else:
+            self._stop_accepting()
+
+    def _stop_accepting(self):
+        self.alive = False  # GeventWorker.run then closes the listener and waits for in-flight requests
+
+
+def _peer(addr) -> str:
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
