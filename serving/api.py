@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from serving import images, lifecycle, metrics, multipart
 from serving.deadlines import BodyTimeout, body_deadline
@@ -72,7 +72,9 @@ def read_body(limit: int | None = None, why: str = "") -> bytes:
                 total += len(chunk)
                 if total > limit:
                     raise too_large
-    except (BodyTimeout, TimeoutError):
+    except (BodyTimeout, TimeoutError, ClientDisconnected) as exc:
+        if isinstance(exc, ClientDisconnected) and not isinstance(exc.__context__, TimeoutError):
+            raise  # the client really went away (Werkzeug hides the socket timeout behind this exception)
         raise ApiError(408, f"the request body did not arrive in time ({total:,} bytes received; the limits are "
                             f"{current_app.config['READ_TIMEOUT']:g} s without data, READ_TIMEOUT, and "
                             f"{current_app.config['REQUEST_TIMEOUT']:g} s in all, REQUEST_TIMEOUT)") from None

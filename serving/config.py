@@ -35,7 +35,7 @@ GRACEFUL_TIMEOUT   10         seconds in-flight requests may take to finish when
 TIMEOUT            30         a worker silent this long (stuck in native code) is killed and replaced
 MAX_REQUESTS       20000      requests a worker answers before it is replaced (plus up to 10%
                               random jitter), so memory cannot creep; 0 = never
-REUSE_PORT         1          one listening socket per worker (the kernel spreads connections)
+REUSE_PORT         0          1 = one SO_REUSEPORT socket per worker instead of one shared socket
 ACCESS_LOG         off        1 = one access-log line per request on stdout, with its X-Request-ID
 LOG_LEVEL          info       gunicorn's and the service's log level
 =================  =========  =====================================================================
@@ -193,7 +193,7 @@ def process_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         "graceful_timeout": _positive_float("GRACEFUL_TIMEOUT", get("GRACEFUL_TIMEOUT", "10")),
         "timeout": _positive_int("TIMEOUT", get("TIMEOUT", "30")),
         "max_requests": _non_negative_int("MAX_REQUESTS", get("MAX_REQUESTS", "20000")),
-        "reuse_port": get("REUSE_PORT", "1").strip().lower() not in ("0", "false", "no", "off"),
+        "reuse_port": _switch(get("REUSE_PORT", "0")),
         "access_log": _switch(get("ACCESS_LOG", "")),
         "log_level": get("LOG_LEVEL", "info"),
     }

@@ -45,10 +45,11 @@ workers = _settings["workers"]
 worker_class = _settings["worker_class"]
 worker_connections = _settings["worker_connections"]
 threads = _settings["threads"]  # only gthread uses threads
-# Each worker listens on its own SO_REUSEPORT socket and the kernel spreads new connections over
-# them. With one shared socket, whichever worker wakes first accepts a burst of keep-alive
-# connections alone (seen with 4 and with 16 benchmark clients: all on one of 2 workers).
-# on_starting first checks that nothing else listens on the port, so two servers never share it.
+# One listening socket shared by the workers (REUSE_PORT=0, the default): a worker that is recycled or
+# stopping closes nothing that other workers need, so no queued connection is reset. gevent workers
+# accept one connection at a time when there are several workers, which keeps the load even
+# (measured: same req/s and p99 as one SO_REUSEPORT socket per worker, benchmarks/serve_load.py).
+# on_starting first checks that nothing else listens on the port, so the refusal is immediate.
 reuse_port = _settings["reuse_port"]
 timeout = _settings["timeout"]
 keepalive = _settings["keepalive"]
@@ -114,7 +115,8 @@ def _verify_models(config: dict) -> tuple[bool, str]:
 
 
 def _address_in_use(server) -> str | None:
-    """The first TCP address someone already listens on (SO_REUSEPORT alone would silently share it)."""
+    """The first TCP address someone already listens on (with SO_REUSEPORT it would be silently shared,
+    without it gunicorn would retry for seconds before giving up)."""
     import socket
 
     for address in server.cfg.address:
@@ -131,7 +133,7 @@ def _address_in_use(server) -> str | None:
 
 
 def on_starting(server):
-    if server.cfg.reuse_port and (busy := _address_in_use(server)):
+    if busy := _address_in_use(server):
         server.log.error("cannot start the service: the address %s is already in use", busy)
         on_exit(server)
         sys.exit(1)

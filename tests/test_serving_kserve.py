@@ -162,3 +162,61 @@ def test_bad_binary_requests(client, declared, payload, message):
     response = client.post("/v2/models/dwsep/infer", data=header + payload, content_type="application/octet-stream",
                            headers={"Inference-Header-Content-Length": declared})
     assert_v2_error(response, 400, message)
+
+
+def _junk(rng: np.random.Generator, depth: int = 0):
+    """A random JSON value of the kinds a careless or hostile client sends."""
+    kind = rng.integers(0, 12)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return bool(rng.integers(0, 2))
+    if kind == 2:
+        return int(rng.integers(-(2**31), 2**31))
+    if kind == 3:
+        return 10 ** int(rng.integers(20, 4000)) * (-1 if rng.integers(0, 2) else 1)  # beyond every int type
+    if kind == 4:
+        return float(rng.choice([0.5, -1.0, 1e308, 255.0, 3.0]))
+    if kind == 5:
+        return "".join(chr(int(c)) for c in rng.integers(32, 0x2FF, size=int(rng.integers(0, 12))))
+    if kind == 6 or depth > 3:
+        return [int(v) for v in rng.integers(-5, 300, size=int(rng.integers(0, 5)))]
+    if kind == 7:
+        return [_junk(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))]
+    if kind == 8:
+        return {str(k): _junk(rng, depth + 1) for k in ("name", "shape", "datatype", "data", "parameters")
+                if rng.integers(0, 2)}
+    if kind == 9:
+        return [1, int(rng.integers(-3, 40)), 32, 3]
+    if kind == 10:
+        return {"binary_data_size": _junk(rng, depth + 1), "binary_data": _junk(rng, depth + 1)}
+    return "UINT8"
+
+
+def _mutate(doc, rng: np.random.Generator):
+    """``doc`` with one value somewhere inside it replaced by junk."""
+    if isinstance(doc, dict) and doc and rng.integers(0, 3):
+        key = list(doc)[int(rng.integers(0, len(doc)))]
+        return {**doc, key: _mutate(doc[key], rng)}
+    if isinstance(doc, list) and doc and len(doc) < 50 and rng.integers(0, 3):
+        index = int(rng.integers(0, len(doc)))
+        return doc[:index] + [_mutate(doc[index], rng)] + doc[index + 1:]
+    return _junk(rng)
+
+
+def test_fuzzed_infer_requests_are_answered_never_500(client, images):
+    """Random damage anywhere in a valid request (types, huge numbers, nesting) is a 4xx JSON error or a 200."""
+    rng = np.random.default_rng(2026)
+    valid = infer_body(images[:1], outputs=[{"name": "probabilities", "parameters": {"binary_data": False}}],
+                       parameters={"binary_data_output": False})
+    valid["inputs"][0]["data"] = valid["inputs"][0]["data"][:8]  # the wrong length is itself one more 400 case
+    statuses = {}
+    for case in range(400):
+        doc = _mutate(valid, rng)
+        body = json.dumps(doc) if case % 5 else "[" * int(rng.integers(1, 5000)) + json.dumps(doc)
+        response = client.post("/v2/models/dwsep/infer", data=body, content_type="application/json")
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (doc if len(str(doc)) < 2000 else str(doc)[:2000], response.get_data())
+        if response.status_code >= 400:
+            assert isinstance(response.get_json()["error"], str)  # the protocol's error shape, never a trace
+    assert statuses.get(400, 0) > 300  # the damage reached the validation, not only the JSON parser

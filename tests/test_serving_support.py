@@ -151,7 +151,8 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        self.env = {**inherited, "HOST": "127.0.0.1", "PORT": str(self.port), **env}
+        # No drain on SIGTERM unless a test asks for one: every stop would otherwise take DRAIN_SECONDS.
+        self.env = {**inherited, "HOST": "127.0.0.1", "PORT": str(self.port), "DRAIN_SECONDS": "0", **env}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Gunicorn:
