@@ -22,9 +22,11 @@ from importlib import metadata as package_metadata
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from serving.api import read_body, registry, resolve_model, run_model
 from serving.errors import ApiError
+from serving.inference import infer as run_inference
+from serving.inference import registry, resolve_model
 from serving.models import IMAGE_SHAPE, INPUT_NAME, LoadedModel
+from serving.request_body import read_body
 
 bp = Blueprint("kserve", __name__, url_prefix="/v2")
 
@@ -197,8 +199,13 @@ def infer(name: str, version: str | None = None):
     images = _image_tensor(doc, binary)
     wanted = _requested_outputs(doc, model)
     names = tuple(out for out, _ in wanted)
-    results = run_model(model, images, names)
+    results = run_inference(model, images, names)
+    return encode_outputs(model, doc, wanted, results)
 
+
+def encode_outputs(model: LoadedModel, doc: dict, wanted: list[tuple[str, bool]],
+                   results: list[np.ndarray]) -> Response:
+    """The v2 answer: each output as JSON ``data``, or as raw little-endian float32 after the JSON header."""
     answer: dict = {"model_name": model.name, "model_version": VERSION}
     if isinstance(doc.get("id"), str):
         answer["id"] = doc["id"]

@@ -12,7 +12,7 @@ Deadlines (seconds, from serving/config.py):
   of its previous answer (gunicorn's own keep-alive timer for async workers); else it is dropped.
 - READ_TIMEOUT: once the headers are in, every socket read and write of the request (the body,
   the answer) must make progress within this time; the app answers a stalled body with 408
-  (serving/api.py ``read_body``).
+  (serving/request_body.py).
 - REQUEST_TIMEOUT: the app answers 408 when the body has not arrived in full by then, however
   steadily it trickles; here, a request still unfinished REQUEST_TIMEOUT + READ_TIMEOUT + 5 s after
   its headers (a client that will not read its answer) has its connection dropped.

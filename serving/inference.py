@@ -1,0 +1,65 @@
+"""The one inference path every protocol adapter calls, shaped like a TorchServe handler.
+
+    resolve_model -> preprocess (decode each upload to 32x32 RGB) -> infer (one onnxruntime call)
+    -> postprocess (top-k)
+
+``/predict`` (serving/api.py) uses every step; the Open Inference Protocol (serving/kserve.py)
+receives pixels already, so it skips preprocess and encodes the outputs its own way. Each step is
+timed into the metrics here, and the model label is set where inference happens.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from flask import current_app
+
+from serving import images, metrics
+from serving.errors import ApiError
+from serving.models import PROBABILITIES, LoadedModel, ModelRegistry, UnknownModelError
+
+
+def registry() -> ModelRegistry:
+    return current_app.extensions["model_registry"]
+
+
+def resolve_model(name: str | None) -> LoadedModel:
+    """The named model (the default for None or ""); 404 naming the loaded models when there is none."""
+    try:
+        return registry().get(name)
+    except UnknownModelError as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+def decode_upload(data: bytes, what: str) -> np.ndarray:
+    """One upload as uint8 [32, 32, 3]; 400/413 naming ``what`` when it cannot be classified."""
+    start = time.perf_counter()
+    try:
+        array = images.decode(data, current_app.config["MAX_IMAGE_PIXELS"])
+    except images.ImageError as exc:
+        metrics.IMAGE_ERRORS.labels("too_large" if exc.status == 413 else "undecodable").inc()
+        raise ApiError(exc.status, f"{what}: {exc}") from None
+    metrics.DECODE_LATENCY.observe(time.perf_counter() - start)
+    return array
+
+
+def preprocess(uploads: list[tuple[str, bytes]]) -> np.ndarray:
+    """[(description, bytes)] -> uint8 [n, 32, 32, 3], in order."""
+    return np.stack([decode_upload(data, what) for what, data in uploads])
+
+
+def infer(model: LoadedModel, batch: np.ndarray, outputs: tuple[str, ...] = (PROBABILITIES,)) -> list[np.ndarray]:
+    """One onnxruntime call on the whole batch, timed and labelled with the model in the metrics."""
+    metrics.use_model(model.name)
+    start = time.perf_counter()
+    results = model.run(batch, outputs)
+    metrics.observe_inference(model.name, len(batch), time.perf_counter() - start)
+    return results
+
+
+def top_predictions(model: LoadedModel, probs: np.ndarray, k: int) -> list[dict]:
+    """The k most probable classes of one image, most probable first."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    # str() of a float32 is its shortest round-tripping form: 0.91, not 0.9100000262260437
+    return [{"label": model.classes[i], "index": int(i), "probability": float(str(probs[i]))} for i in order]
