@@ -153,4 +153,6 @@
   });
   // another model or top-k: the last image again
   controls.addEventListener("change", () => { if (lastFile) classify(lastFile); });
+  // Enter in a field must not reload the page (the page's CSP forbids inline handlers, so this lives here).
+  controls.addEventListener("submit", (event) => event.preventDefault());
 })();
