@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+import struct
+import time
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import IcoImagePlugin, Image, ImageFile, TiffImagePlugin
 from test_serving_support import cifar_jpegs
 
-from serving.images import ImageError, ImageTooLarge, decode
+from serving import images
+from serving.images import ImageError, ImageTooLarge, PixelBudget, UnsupportedFormat, decode
 
 MAX = 64_000_000
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -23,6 +28,36 @@ def encode(img: Image.Image, fmt: str, **options) -> bytes:
 
 def mean_color(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1, 3).mean(axis=0)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def handmade_png(width: int, height: int, color_type: int, depth: int = 8, rows: int | None = None,
+                 extra_chunks: bytes = b"") -> bytes:
+    """A PNG of zero bytes built with zlib (no Pillow): tiny on disk however large. ``rows`` < height
+    stops the data early, for a header that must be refused before any pixel is read."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color_type]
+    row = b"\x00" * (1 + (width * channels * depth + 7) // 8)  # filter byte + samples
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height if rows is None else rows)) + compressor.flush()
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + header + extra_chunks + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b""))
+
+
+def icon_holding(png: bytes) -> bytes:
+    """A Windows icon (ICO) whose one entry is the given PNG, as Vista-style icons store large sizes."""
+    directory = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22)
+    return directory + png
+
+
+@pytest.fixture
+def no_pixel_decoding(monkeypatch):
+    def no_decoding(self):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +95,20 @@ def test_animated_gif_uses_the_first_frame():
     np.testing.assert_allclose(mean_color(decode(data, MAX)), RED, atol=2)
 
 
-def test_exif_orientation_is_applied():
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF", "WEBP"])
+@pytest.mark.parametrize("width", [64, 1280])  # 1280: shrunk before it is turned
+def test_exif_orientation_is_applied(fmt, width):
     # Stored landscape: left half red, right half blue. EXIF 6 = "rotate 90 degrees clockwise to view",
     # so the upright picture is portrait with red on top; its centre square is red above blue.
-    stored = Image.new("RGB", (64, 32), RED)
-    stored.paste(BLUE, (32, 0, 64, 32))
+    stored = Image.new("RGB", (width, width // 2), RED)
+    stored.paste(BLUE, (width // 2, 0, width, width // 2))
     exif = Image.Exif()
     exif[0x0112] = 6
-    out = decode(encode(stored, "JPEG", quality=95, exif=exif), MAX).astype(int)
+    out = decode(encode(stored, fmt, exif=exif), MAX).astype(int)
     np.testing.assert_allclose(mean_color(out[:12]), RED, atol=12)
     np.testing.assert_allclose(mean_color(out[-12:]), BLUE, atol=12)
     # without the tag the same pixels would be read as red left, blue right
-    plain = decode(encode(stored, "JPEG", quality=95), MAX).astype(int)
+    plain = decode(encode(stored, fmt), MAX).astype(int)
     np.testing.assert_allclose(mean_color(plain[:, :12]), RED, atol=12)
 
 
@@ -140,12 +177,51 @@ def test_big_endian_16_bit_tiff_and_float_images():
     assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255
 
 
-def test_downscaling_antialiases():
-    # 1-pixel black/white stripes: an antialiasing filter averages them to gray, point sampling would not.
-    stripes = np.zeros((320, 320, 3), np.uint8)
+@pytest.mark.parametrize("mode", ["RGB", "P", "1", "RGBA"])
+def test_downscaling_antialiases(mode):
+    # 1-pixel black/white stripes: an antialiasing filter averages them to gray, point sampling would not
+    # (Pillow resizes palette and bilevel images by point sampling: they are expanded first).
+    stripes = np.zeros((320, 320), np.uint8)
     stripes[:, ::2] = 255
-    out = decode(encode(Image.fromarray(stripes), "PNG"), MAX).astype(int)
+    out = decode(encode(Image.fromarray(stripes).convert(mode), "PNG"), MAX).astype(int)
     assert abs(out.mean() - 127.5) < 3 and out.std() < 3
+
+
+def test_images_are_shrunk_in_bands_with_the_same_result(monkeypatch):
+    # Large images are expanded and reduced a band of rows at a time (no full-size copy); the bands
+    # must join without a seam: the result is the same as one band's.
+    noise = np.random.default_rng(1).integers(0, 256, size=(300, 400, 4), dtype=np.uint8)
+    data = encode(Image.fromarray(noise, "RGBA"), "PNG")
+    whole = decode(data, MAX)
+    monkeypatch.setattr(images, "_BAND_PIXELS", 1000)
+    np.testing.assert_array_equal(decode(data, MAX), whole)
+
+
+def test_a_large_palette_image_is_reduced_before_it_is_expanded(monkeypatch):
+    # 16 megapixels of palette indices (a few KiB of PNG): expanding them to RGBA at full size would
+    # take 64 MiB; only bands of about a megapixel may be converted.
+    palette = bytes([255, 0, 0, 0, 255, 0])  # 0: red (transparent, via tRNS), 1: green
+    png = handmade_png(4000, 4000, 3, extra_chunks=png_chunk(b"PLTE", palette) + png_chunk(b"tRNS", b"\x00"))
+    assert len(png) < 100_000
+    converted = []
+    convert = Image.Image.convert
+
+    def recording_convert(self, mode=None, *args, **kwargs):
+        converted.append(self.width * self.height)
+        return convert(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", recording_convert)
+    start = time.perf_counter()
+    out = decode(png, MAX)
+    assert time.perf_counter() - start < 2
+    np.testing.assert_array_equal(out, np.full((32, 32, 3), 255, np.uint8))  # transparent -> white
+    assert converted and max(converted) <= 2 * images._BAND_PIXELS
+
+
+def test_a_large_16_bit_gray_image_is_reduced_and_scaled():
+    # Pillow cannot box-reduce I;16 itself: it is expanded to 32-bit a band at a time.
+    img = Image.fromarray(np.full((900, 1200), 32896, dtype=np.uint16))
+    np.testing.assert_array_equal(decode(encode(img, "PNG"), MAX), np.full((32, 32, 3), 128, np.uint8))
 
 
 def test_non_square_images_are_centre_cropped_not_squashed():
@@ -170,24 +246,137 @@ def test_large_jpeg_decoded_at_reduced_scale_matches_full_decode():
     assert np.abs(decode(data, MAX).astype(int) - full).mean() < 4
 
 
-def test_decompression_bomb_is_refused_before_any_pixel_is_decoded(monkeypatch):
+def test_decompression_bomb_is_refused_before_any_pixel_is_decoded(no_pixel_decoding):
     bomb = encode(Image.new("1", (20_000, 20_000)), "PNG")  # 400 megapixels in a small file
     assert len(bomb) < 100_000
-
-    def no_decoding(self):
-        raise AssertionError("pixels were decoded")
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    with pytest.raises(ImageTooLarge) as err:
+    with pytest.raises(ImageTooLarge, match="20000x20000 = 400,000,000 pixels, more than the 64,000,000") as err:
         decode(bomb, MAX)
     assert err.value.status == 413
 
 
 def test_the_pixel_limit_is_configurable():
+    pillows_own = Image.MAX_IMAGE_PIXELS
     data = encode(Image.new("RGB", (50, 40)), "PNG")
     assert decode(data, 2000).shape == (32, 32, 3)
     with pytest.raises(ImageTooLarge, match="50x40 = 2,000 pixels"):
         decode(data, 1999)
+    assert Image.MAX_IMAGE_PIXELS == pillows_own  # set from the setting only while the service opens a file
+
+
+def test_an_icon_holding_a_huge_png_is_refused_without_running_the_icon_reader(monkeypatch):
+    # Pillow's ICO reader decodes the embedded PNG inside Image.open(): 169 megapixels here, from a
+    # 21 KiB file (2 s and 680 MiB when it was accepted). Icons are refused from their signature.
+    hostile = icon_holding(handmade_png(13_000, 13_000, 0, depth=1))
+    assert len(hostile) < 40_000
+
+    def icon_reader(self):
+        raise AssertionError("the ICO reader ran")
+
+    monkeypatch.setattr(IcoImagePlugin.IcoImageFile, "_open", icon_reader)
+    start = time.perf_counter()
+    with pytest.raises(UnsupportedFormat, match="ICO images are not accepted; send one of: JPEG, PNG") as err:
+        decode(hostile, MAX)
+    assert err.value.status == 415 and time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize("data, kind", [
+    (b"\0\0\1\0" + b"\0" * 60, "ICO"),
+    (b"icns" + b"\0" * 60, "ICNS"),
+    (b"8BPS\0\1" + b"\0" * 60, "PSD"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n", "EPS"),  # EPS would run Ghostscript
+])
+def test_formats_outside_the_accepted_list_are_refused_by_name(data, kind):
+    with pytest.raises(UnsupportedFormat, match=f"^{kind} images are not accepted") as err:
+        decode(data, MAX)
+    assert err.value.status == 415
+
+
+def bmp_rle8(width: int, height: int) -> bytes:
+    """A run-length-encoded 8-bit BMP (Pillow reads but does not write these): one run per row."""
+    rows = (bytes([width, 1]) + b"\x00\x00") * height + b"\x00\x01"
+    palette = b"\x00\x00\x00\x00" + b"\xff\xff\xff\x00" * 255
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 0, 0, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + palette + rows
+
+
+@pytest.mark.parametrize("data, encoding", [(bmp_rle8(40, 40), "bmp_rle"),
+                                            (b"P2\n2 2\n255\n0 64 128 255\n", "ppm_plain")])
+def test_files_pillow_decodes_in_python_are_refused(data, encoding):
+    assert Image.open(io.BytesIO(data)).tile[0][0] == encoding  # valid files
+    with pytest.raises(UnsupportedFormat, match=f"{encoding} encoding.*not accepted") as err:
+        decode(data, MAX)
+    assert err.value.status == 415
+
+
+def tiff_of_one_row_strips(width: int, height: int) -> bytes:
+    """An uncompressed 8-bit gray TIFF with one strip per row, every strip the same zero row."""
+    row_at, tables_at = 8, 8 + width
+    offsets = struct.pack(f"<{height}H", *[row_at] * height)
+    counts = struct.pack(f"<{height}H", *[width] * height)
+    ifd_at = tables_at + len(offsets) + len(counts)
+    tags = [(256, 3, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, 3, height, tables_at), (277, 3, 1, 1), (278, 3, 1, 1), (279, 3, height, tables_at + len(offsets))]
+    entries = b"".join(struct.pack("<HHII", tag, kind, count, value) if kind == 4 or count > 2
+                       else struct.pack("<HHIHH", tag, kind, count, value, 0) for tag, kind, count, value in tags)
+    return (b"II*\x00" + struct.pack("<I", ifd_at) + b"\x00" * width + offsets + counts
+            + struct.pack("<H", len(tags)) + entries + b"\x00" * 4)
+
+
+def test_a_tiff_of_many_strips_is_read_by_libtiff_without_python_objects_per_strip():
+    # Pillow's own reader of uncompressed TIFFs builds a tile object per strip in open(): for
+    # 2.4 million strips (9 MiB) that was 13 s and 800 MiB. libtiff reads them in C.
+    data = tiff_of_one_row_strips(20, 200_000)
+    tracemalloc.start()
+    try:
+        out = decode(data, MAX)
+        with pytest.raises(ImageTooLarge, match="20x200000 = 4,000,000 pixels"):  # over twice the limit
+            decode(data, 1_000_000)
+        _, python_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(out, np.zeros((32, 32, 3), np.uint8))
+    assert python_peak < 5_000_000
+    assert TiffImagePlugin.READ_LIBTIFF is False  # the process's setting is left as it was
+
+
+def test_images_that_would_take_too_much_memory_to_decode_are_refused_before_decoding(no_pixel_decoding):
+    # 6000 x 6000 RGBA: 36 megapixels are within MAX_IMAGE_PIXELS, but Pillow stores 4 bytes a pixel
+    rgba = handmade_png(6000, 6000, 6, rows=1)
+    with pytest.raises(ImageTooLarge, match=r"6000x6000 PNG image \(RGBA\) takes about 138 MiB, more than "
+                                            r"the 128 MiB one image may use; refused before decoding") as err:
+        decode(rgba, MAX)
+    assert err.value.status == 413
+    with pytest.raises(ImageTooLarge, match="takes about"):  # the cap is a parameter
+        decode(handmade_png(2000, 2000, 6, rows=1), MAX, max_decode_bytes=10 * images.MIB)
+
+
+def test_progressive_jpeg_and_webp_are_costed_by_their_decoders_memory():
+    photo = Image.linear_gradient("L").resize((1024, 1024)).convert("RGB")
+    baseline, progressive = encode(photo, "JPEG"), encode(photo, "JPEG", progressive=True)
+    limit = 3 * images.MIB
+    # A baseline JPEG decodes at 1/8 scale (128x128); a progressive one keeps every DCT coefficient
+    # at full size (3 bytes a pixel at 4:2:0), and WebP's decoder 16 bytes a pixel.
+    assert decode(baseline, MAX, max_decode_bytes=limit).shape == (32, 32, 3)
+    with pytest.raises(ImageTooLarge, match=r"1024x1024 JPEG image \(RGB\) takes about 4 MiB, more than the 3 MiB"):
+        decode(progressive, MAX, max_decode_bytes=limit)
+    with pytest.raises(ImageTooLarge, match=r"1024x1024 WEBP image \(RGB\) takes about 16 MiB"):
+        decode(encode(photo, "WEBP"), MAX, max_decode_bytes=15 * images.MIB)
+    assert decode(encode(photo, "WEBP"), MAX, max_decode_bytes=16 * images.MIB).shape == (32, 32, 3)
+
+
+def test_a_pixel_budget_is_charged_what_each_image_decodes():
+    budget = PixelBudget(120_000)
+    decode(encode(Image.new("RGB", (200, 200)), "PNG"), MAX, budget=budget)
+    assert budget.spent == 40_000
+    decode(encode(Image.new("RGB", (2048, 2048)), "JPEG"), MAX, budget=budget)  # decoded at 1/8 scale
+    assert budget.spent == 40_000 + 256 * 256
+    with pytest.raises(ImageTooLarge, match=r"this image decodes 40,000 pixels and the images before it "
+                                            r"105,536, more than the 120,000 one request may decode in all "
+                                            r"\(MAX_REQUEST_PIXELS\)") as err:
+        decode(encode(Image.new("RGB", (200, 200)), "PNG"), MAX, budget=budget)
+    assert err.value.status == 413 and budget.spent == 105_536  # the refused image is not charged
+    assert decode(encode(Image.new("RGB", (50, 50)), "PNG"), MAX, budget=PixelBudget(2500)).shape == (32, 32, 3)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -203,7 +392,6 @@ def test_truncated_files_are_refused(cifar_image, fmt):
 @pytest.mark.parametrize("data, message", [
     (b"", "empty"),
     (b"hello, this is not an image\n" * 20, "not an image"),
-    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n", "not an image"),  # EPS would run Ghostscript
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image|corrupt"),
 ])
 def test_non_images_are_refused(data, message):
