@@ -10,6 +10,8 @@ DEFAULT_TOPK       5          classes in an answer when the request gives no ``t
 MAX_UPLOAD_MB      10         largest request body in MiB; larger bodies get 413
 MAX_IMAGE_PIXELS   64000000   largest decoded image (width x height); larger ones get 413 before
                               their pixels are decoded (decompression-bomb guard)
+MAX_REQUEST_PIXELS 128000000  decoded pixels all the images of one request may take (after JPEG
+                              scaling); the image that would exceed it gets 413, before decoding
 MAX_BATCH          64         most images in one request (multipart parts or v2 batch rows)
 INTRA_OP_THREADS   auto       onnxruntime threads per session run: usable CPUs // WORKERS, >= 1
 READ_TIMEOUT       10         seconds a request's body may go without sending a byte: 408
@@ -54,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_MODEL": None,
     "MAX_UPLOAD_MB": 10.0,
     "MAX_IMAGE_PIXELS": 64_000_000,
+    "MAX_REQUEST_PIXELS": 128_000_000,
     "MAX_BATCH": 64,
     "INTRA_OP_THREADS": None,
     "DEFAULT_TOPK": 5,
@@ -147,6 +150,7 @@ def load_config(overrides: Mapping[str, Any] | None = None,
         "DEFAULT_MODEL": (str(raw["DEFAULT_MODEL"]).strip() or None) if raw["DEFAULT_MODEL"] is not None else None,
         "MAX_UPLOAD_MB": _positive_float("MAX_UPLOAD_MB", raw["MAX_UPLOAD_MB"]),
         "MAX_IMAGE_PIXELS": _positive_int("MAX_IMAGE_PIXELS", raw["MAX_IMAGE_PIXELS"]),
+        "MAX_REQUEST_PIXELS": _positive_int("MAX_REQUEST_PIXELS", raw["MAX_REQUEST_PIXELS"]),
         "MAX_BATCH": _positive_int("MAX_BATCH", raw["MAX_BATCH"]),
         "DEFAULT_TOPK": _positive_int("DEFAULT_TOPK", raw["DEFAULT_TOPK"]),
         "READ_TIMEOUT": _positive_float("READ_TIMEOUT", raw["READ_TIMEOUT"]),

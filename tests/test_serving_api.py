@@ -218,6 +218,15 @@ def test_too_many_images_in_one_request(weights, jpegs):
     assert_error(response, 413, "4 images in one request; at most 3")
 
 
+def test_the_decoded_pixels_of_one_request_are_budgeted(weights, jpegs):
+    """MAX_REQUEST_PIXELS: the image that would take the request over it is named and refused before decoding."""
+    budgeted = serving.create_app({"MODELS_DIR": str(weights), "MAX_REQUEST_PIXELS": 2 * 32 * 32})
+    assert upload(budgeted.test_client(), [as_file(jpegs[0][2]) for _ in range(2)]).status_code == 200
+    response = upload(budgeted.test_client(), [as_file(jpegs[0][2], "a.jpg") for _ in range(3)])
+    assert_error(response, 413, "img part 3 'a.jpg': this image decodes 1,024 pixels")
+    assert "MAX_REQUEST_PIXELS" in response.get_json()["error"]["message"]
+
+
 def test_an_unexpected_failure_is_a_generic_500_without_details(app, client, jpegs, monkeypatch, caplog):
     model = app.extensions["model_registry"].get("dwsep")
 

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import requests
+from test_serving_images import handmade_png, icon_holding, png_chunk
 from test_serving_support import Gunicorn, cifar_jpegs, copy_models, models_dir
 
 pytestmark = pytest.mark.slow
@@ -182,6 +183,26 @@ def test_request_ids_are_echoed_or_made_and_logged(server):
     while "request_id=client-42.abc" not in server.log() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "request_id=client-42.abc" in server.log()
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
+def test_image_bombs_are_refused_or_reduced_cheaply_and_workers_stay_small(server):
+    palette = png_chunk(b"PLTE", bytes([255, 0, 0, 0, 255, 0])) + png_chunk(b"tRNS", b"\x00")
+    bombs = {
+        "palette.png": (handmade_png(8000, 8000, 3, extra_chunks=palette), 200),  # 64 MP in ~60 KiB
+        "icon.ico": (icon_holding(handmade_png(13000, 13000, 6)), 415),  # Pillow's ICO reader decodes in open()
+        "rgba.png": (handmade_png(8000, 8000, 6), 413),  # 244 MiB to decode: refused from its header
+    }
+    for name, (data, status) in bombs.items():
+        elapsed, response = timed(lambda data=data, name=name: requests.post(
+            server.url + "/predict", files={"img": (name, data)}, headers=AUTH, timeout=30))
+        assert response.status_code == status, (name, response.text[:300])
+        assert elapsed < (3.0 if status == 200 else 0.5), name
+    assert max(peak_rss_mib(pid) for pid in server.workers()) < 300
 
 
 def test_no_hostile_request_left_a_traceback(server):
