@@ -1,5 +1,6 @@
 # The HTTP service alone: a slim Python, the serving dependencies (no torch), the packaged weights,
-# a non-root user. The install step is the same `pip install .` as `make serve`.
+# a non-root user. The install step is the same `pip install .` as `make serve`, with the same locked
+# versions (constraints.txt, `make lock`; every pin there has a wheel for this Python).
 #
 #   docker build -t cifar10-serving .
 #   docker run --rm -p 8000:8000 -e WORKERS=2 cifar10-serving
