@@ -1,4 +1,10 @@
-"""``GET /openapi.json``: an OpenAPI 3.1 description of every endpoint (a test checks none is missing)."""
+"""``GET /openapi.json``: an OpenAPI 3.1 description of every endpoint and every answer it gives.
+
+tests/test_serving_openapi.py keeps it true: the document passes openapi-spec-validator, no
+endpoint is missing, and real answers (success, each error, auth, readiness while draining) are
+checked against it: their status must be documented for the operation, their JSON body must match
+the documented schema with no undocumented field, and documented headers must be there.
+"""
 
 from __future__ import annotations
 
@@ -6,175 +12,283 @@ from flask import Blueprint, current_app, jsonify
 
 bp = Blueprint("openapi", __name__)
 
+SCHEMAS = "#/components/schemas/"
+# Any answer may carry the request's id; operations guarded by API_TOKEN list BEARER as their security.
+REQUEST_ID_HEADER = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
+BEARER = [{"bearerAuth": []}]
 
-def _json(schema_ref: str, description: str) -> dict:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
+_ERROR_TEXTS = {
+    400: "bad request (the message names the problem)",
+    401: "API_TOKEN is set and the request has no valid `Authorization: Bearer <token>` header",
+    404: "unknown model, version or file",
+    408: "the request body did not arrive in time (READ_TIMEOUT without data, REQUEST_TIMEOUT in all)",
+    413: "body, image, decoded pixels or batch too large",
+    415: "unsupported content type or image format",
+    500: "unexpected server error; the message is generic and the service log has the details",
+}
+
+
+def _response(description: str, content: dict | None = None, headers: dict | None = None) -> dict:
+    """A response object; every answer carries X-Request-ID."""
+    response = {"description": description, "headers": {**REQUEST_ID_HEADER, **(headers or {})}}
+    if content is not None:
+        response["content"] = content
+    return response
+
+
+def _json(schema: str | dict, description: str, headers: dict | None = None) -> dict:
+    """A JSON response; ``schema`` is a components/schemas name or an inline schema."""
+    resolved = {"$ref": SCHEMAS + schema} if isinstance(schema, str) else schema
+    return _response(description, {"application/json": {"schema": resolved}}, headers)
 
 
 def _errors(*codes: int, v2: bool = False) -> dict:
-    texts = {400: "bad request (the message names the problem)", 404: "unknown model or path",
-             405: "method not allowed", 413: "body, image or batch too large", 415: "unsupported content type",
-             503: "not ready"}
-    return {str(code): _json("V2Error" if v2 else "Error", texts[code]) for code in codes}
+    """Error responses: the service's ``{"error": {"code", "message"}}``, or ``{"error": "..."}`` under /v2."""
+    responses = {}
+    for code in codes:
+        headers = {"WWW-Authenticate": {"$ref": "#/components/headers/WwwAuthenticate"}} if code == 401 else None
+        responses[str(code)] = _json("V2Error" if v2 else "Error", _ERROR_TEXTS[code], headers)
+    return responses
+
+
+def _operation(summary: str, responses: dict, parameters: tuple = (), **extra) -> dict:
+    """An operation; every one accepts the optional X-Request-ID request header."""
+    return {"summary": summary, "parameters": [*parameters, {"$ref": "#/components/parameters/RequestId"}],
+            "responses": responses, **extra}
 
 
 _MODEL_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
                 "description": "a loaded model's name (the .onnx file's stem)"}
-_VERSION_PARAM = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "enum": ["1"]}}
+_VERSION_PARAM = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
+                  "description": "the model's version; each model has only version 1 (another is a 404)"}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_TENSOR_METADATA = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+    "name": {"type": "string"}, "datatype": {"type": "string"},
+    "shape": {"type": "array", "items": {"type": "integer"}, "description": "-1: any batch size"}}}
+_PREDICTIONS = {"type": "array", "items": {"$ref": SCHEMAS + "Prediction"},
+                "description": "the top-k classes, most probable first"}
+
+
+def _paths(max_batch: int) -> dict:
+    predict_params = (
+        {"name": "topk", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
+         "description": "how many classes to return (also accepted as a form field); default DEFAULT_TOPK"},
+        {"name": "model", "in": "query", "schema": {"type": "string"},
+         "description": "model name (also accepted as a form field); default: see GET /models"},
+    )
+
+    def v2_metadata(*params: dict) -> dict:
+        return {"get": _operation("Model metadata (Open Inference Protocol)",
+                                  {"200": _json("V2ModelMetadata", "the model's inputs, outputs and classes"),
+                                   **_errors(404, v2=True)}, params)}
+
+    def v2_ready(*params: dict) -> dict:
+        return {"get": _operation("Model ready (Open Inference Protocol)", {
+            "200": _json("V2ModelReady", "the model is loaded and warmed up"),
+            "503": _json("V2ModelReady", "the model is not warmed up yet (`ready` is false)"),
+            **_errors(404, v2=True)}, params)}
+
+    def v2_infer(*params: dict) -> dict:
+        binary_body = {"schema": {"type": "string", "format": "binary"}}
+        return {"post": _operation(
+            "Classify a UINT8 [n,32,32,3] tensor (Open Inference Protocol)",
+            {"200": _response(
+                "the requested outputs: JSON, or with the binary tensor data extension (binary_data_output or an "
+                "output's binary_data) a JSON header of Inference-Header-Content-Length bytes, then the raw "
+                "little-endian FP32 outputs",
+                {"application/json": {"schema": {"$ref": SCHEMAS + "V2InferResponse"}},
+                 "application/octet-stream": binary_body},
+                {"Inference-Header-Content-Length": {
+                    "description": "the JSON header's length in bytes; only on an application/octet-stream answer",
+                    "schema": {"type": "integer", "minimum": 1}}}),
+             **_errors(400, 401, 404, 408, 413, 415, 500, v2=True)},
+            params,
+            description=f"At most {max_batch} images (MAX_BATCH) per request.",
+            requestBody={
+                "required": True,
+                "description": "A JSON inference request (application/json, also accepted as "
+                               "application/vnd.kserve+json or without a content type), or with the binary tensor "
+                               "data extension (application/octet-stream) a JSON header of "
+                               "Inference-Header-Content-Length bytes followed by the raw tensor bytes.",
+                "content": {"application/json": {"schema": {"$ref": SCHEMAS + "V2InferRequest"}},
+                            "application/octet-stream": binary_body}},
+            security=BEARER)}
+
+    return {
+        "/": {"get": _operation(
+            "Web page: pick a model by its accuracy and speed, drop an image, see the top-k classes",
+            {"200": _response("HTML page", {"text/html": {}})})},
+        "/static/{filename}": {"get": _operation(
+            "The web page's script and style sheet",
+            {"200": _response("file", {"text/*": {}}), **_errors(404)},
+            ({"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}},))},
+        "/predict": {"post": _operation(
+            "Classify one or more uploaded images",
+            {"200": _json({"oneOf": [{"$ref": SCHEMAS + "PredictResponse"},
+                                     {"$ref": SCHEMAS + "BatchPredictResponse"}]},
+                          "predictions: `predictions` for one image, `results` (in upload order) for several"),
+             **_errors(400, 401, 404, 408, 413, 415, 500)},
+            predict_params,
+            description="Multipart field `img` (repeat it to classify several images as one batch, at most "
+                        f"{max_batch}), or the raw image as the body with an image/* content type. Any "
+                        "Pillow-readable format; EXIF orientation applied; converted to RGB; centre square cropped "
+                        "and resized to 32x32 with an antialiasing bicubic filter.",
+            requestBody={"required": True, "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["img"], "properties": {
+                    "img": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "topk": {"type": "integer"}, "model": {"type": "string"}}}},
+                "image/*": {"schema": {"type": "string", "format": "binary"}}}},
+            security=BEARER)},
+        "/models": {"get": _operation(
+            "Loaded models: classes, test accuracy, CPU speed, test-time augmentation, file sha256",
+            {"200": _json("ModelList", "the loaded models"), **_errors(401)},
+            description="`test_accuracy` and `tta` come from the served .onnx file's metadata. `cpu_images_per_s` "
+                        "and `parameters` come from MODELS_DIR/MANIFEST.json, and only from an entry whose "
+                        "`onnx_sha256` is the served file's `sha256`; otherwise they are null.",
+            security=BEARER)},
+        "/healthz": {"get": _operation("Liveness: the process answers", {"200": _json("Health", "alive")})},
+        "/readyz": {"get": _operation("Readiness: models loaded and warmed up, and not shutting down", {
+            "200": _json("Ready", "ready for traffic"),
+            "503": _json("NotReady", "starting or shutting down: send traffic elsewhere")})},
+        "/metrics": {"get": _operation(
+            "Prometheus metrics, aggregated over all gunicorn workers",
+            {"200": _response("Prometheus text exposition format", {"text/plain": {"schema": {"type": "string"}}}),
+             **_errors(401)},
+            security=BEARER)},
+        "/openapi.json": {"get": _operation("This document",
+                                            {"200": _json("OpenApiDocument", "OpenAPI 3.1 document")})},
+        "/v2": {"get": _operation("Server metadata (Open Inference Protocol)",
+                                  {"200": _json("V2ServerMetadata", "name, version, extensions")})},
+        "/v2/health/live": {"get": _operation("Server live (Open Inference Protocol)",
+                                              {"200": _json("V2Live", "the process answers")})},
+        "/v2/health/ready": {"get": _operation("Server ready (Open Inference Protocol)", {
+            "200": _json("V2Ready", "ready for traffic"),
+            "503": _json("V2Ready", "starting or shutting down (`ready` is false)")})},
+        "/v2/models/{name}": v2_metadata(_MODEL_PARAM),
+        "/v2/models/{name}/versions/{version}": v2_metadata(_MODEL_PARAM, _VERSION_PARAM),
+        "/v2/models/{name}/ready": v2_ready(_MODEL_PARAM),
+        "/v2/models/{name}/versions/{version}/ready": v2_ready(_MODEL_PARAM, _VERSION_PARAM),
+        "/v2/models/{name}/infer": v2_infer(_MODEL_PARAM),
+        "/v2/models/{name}/versions/{version}/infer": v2_infer(_MODEL_PARAM, _VERSION_PARAM),
+    }
+
+
+_SCHEMAS = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "integer", "description": "the HTTP status"},
+                       "message": {"type": "string"}}}}},
+    "V2Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
+                "description": "the Open Inference Protocol's error ($inference_error_response)"},
+    "Prediction": {"type": "object", "required": ["label", "index", "probability"], "properties": {
+        "label": {"type": "string"}, "index": {"type": "integer", "minimum": 0},
+        "probability": {"type": "number", "minimum": 0, "maximum": 1}}},
+    "PredictResponse": {"type": "object", "required": ["model", "filename", "predictions"], "properties": {
+        "model": {"type": "string"},
+        "filename": {**_NULLABLE_STRING, "description": "the upload's file name; null for a raw body"},
+        "predictions": _PREDICTIONS}},
+    "BatchPredictResponse": {"type": "object", "required": ["model", "results"], "properties": {
+        "model": {"type": "string"},
+        "results": {"type": "array", "items": {"type": "object", "required": ["filename", "predictions"],
+                                               "properties": {"filename": _NULLABLE_STRING,
+                                                              "predictions": _PREDICTIONS}}}}},
+    "ModelList": {"type": "object", "required": ["default_model", "models"], "properties": {
+        "default_model": {"type": "string"},
+        "models": {"type": "array", "items": {"type": "object", "required": [
+        "name", "arch", "classes", "test_accuracy", "cpu_images_per_s", "tta", "parameters", "sha256", "file_size",
+        "opset", "epochs", "source_checkpoint_sha256", "input", "outputs", "default"], "properties": {
+        "name": {"type": "string"}, "arch": _NULLABLE_STRING,
+        "classes": {"type": "array", "items": {"type": "string"}},
+        "test_accuracy": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                          "description": "top-1 accuracy on the 10,000 CIFAR-10 test images, with the model's "
+                                         "test-time augmentation; null if unknown"},
+        "cpu_images_per_s": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                             "description": "throughput measured when packaged (onnxruntime on CPU, batches of 64); "
+                                            "null without a manifest entry for this exact file"},
+        "tta": {"type": "string", "examples": ["none", "flip", "flip_translate"],
+                "description": "test-time augmentation inside the graph (each image is classified in several "
+                               "variants and the answers averaged), or none"},
+        "parameters": {"type": ["integer", "null"], "exclusiveMinimum": 0,
+                       "description": "trainable parameters; null without a manifest entry for this exact file"},
+        "sha256": {"type": "string", "description": "sha256 of the served .onnx file"},
+        "file_size": {"type": "integer", "description": "bytes"},
+        "opset": {"type": ["integer", "null"]}, "epochs": {"type": ["integer", "null"]},
+        "source_checkpoint_sha256": _NULLABLE_STRING,
+        "input": _TENSOR_METADATA, "outputs": {"type": "array", "items": _TENSOR_METADATA},
+        "default": {"type": "boolean", "description": "the model used when a request names none"}}}}}},
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "Ready": {"type": "object", "required": ["status", "models", "default_model"], "properties": {
+        "status": {"const": "ready"}, "models": {"type": "array", "items": {"type": "string"}},
+        "default_model": {"type": "string"}}},
+    "NotReady": {"type": "object", "required": ["status", "reason"], "properties": {
+        "status": {"const": "not ready"},
+        "reason": {"type": "string", "examples": ["shutting down", "models not loaded"]},
+        "models": {"type": "array", "items": {"type": "string"}}}},
+    "OpenApiDocument": {"type": "object", "required": ["openapi", "info", "paths"], "properties": {
+        "openapi": {"type": "string"}, "info": {"type": "object"}, "paths": {"type": "object"},
+        "components": {"type": "object"}}},
+    "V2ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
+        "name": {"type": "string"}, "version": {"type": "string"},
+        "extensions": {"type": "array", "items": {"type": "string"}}}},
+    "V2Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+    "V2Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+    "V2Tensor": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+        "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {"type": "string"}, "parameters": {"type": "object"},
+        "data": {"type": "array", "description": "the values, flat or nested, row-major"}}},
+    "V2InferRequest": {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {"$ref": SCHEMAS + "V2Tensor"},
+                   "description": "one tensor named image, UINT8, shape [n,32,32,3], RGB"},
+        "outputs": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string", "enum": ["probabilities", "logits"]},
+            "parameters": {"type": "object"}}}}}},
+    "V2InferResponse": {"type": "object", "required": ["model_name", "model_version", "outputs"], "properties": {
+        "model_name": {"type": "string"}, "model_version": {"type": "string"},
+        "id": {"type": "string", "description": "the request's id, when it had one"},
+        "outputs": {"type": "array", "items": {"$ref": SCHEMAS + "V2Tensor"}}}},
+    "V2ModelMetadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+                        "properties": {
+        "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+        "platform": {"type": "string"},
+        "inputs": {"type": "array", "items": _TENSOR_METADATA},
+        "outputs": {"type": "array", "items": _TENSOR_METADATA},
+        "parameters": {"type": "object", "properties": {
+            "classes": {"type": "array", "items": {"type": "string"}}, "arch": _NULLABLE_STRING,
+            "sha256": {"type": "string", "description": "sha256 of the served .onnx file"}}}}},
+    "V2ModelReady": {"type": "object", "required": ["name", "ready"], "properties": {
+        "name": {"type": "string"}, "ready": {"type": "boolean"}}},
+}
+
+_REQUEST_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:/+=-]{1,128}$"}
 
 
 def build_spec(max_upload_mb: float, max_batch: int, max_pixels: int) -> dict:
-    predict_params = [
-        {"name": "topk", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
-         "description": "how many classes to return (also accepted as a form field)"},
-        {"name": "model", "in": "query", "schema": {"type": "string"},
-         "description": "model name (also accepted as a form field); default: see GET /models"},
-    ]
-    v2_metadata = {"responses": {"200": _json("V2ModelMetadata", "model metadata"), **_errors(404, v2=True)}}
-    v2_ready = {"responses": {"200": _json("V2ModelReady", "the model is ready"), **_errors(404, 503, v2=True)}}
-    v2_infer = {
-        "summary": "Classify a UINT8 [n,32,32,3] tensor (Open Inference Protocol)",
-        "requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/V2InferRequest"}},
-            "application/octet-stream": {"description": "binary tensor data extension: a JSON header of "
-                                                        "Inference-Header-Content-Length bytes, then raw tensor bytes",
-                                         "schema": {"type": "string", "format": "binary"}},
-        }},
-        "responses": {"200": _json("V2InferResponse", "the requested outputs"),
-                      **_errors(400, 404, 413, 415, v2=True)},
-    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "CIFAR-10 classifier", "version": "1",
                  "description": "Classifies images into the 10 CIFAR-10 classes with ONNX models. Uploads are "
                                 f"limited to {max_upload_mb:g} MB per request, {max_pixels:,} pixels per image and "
                                 f"{max_batch} images per request."},
-        "paths": {
-            "/": {"get": {"summary": "Web page: pick a model by its accuracy and speed, drop an image, see the "
-                                     "top-k classes",
-                          "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}}}},
-            "/static/{filename}": {"get": {
-                "summary": "The web page's script and style sheet",
-                "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "file"}, **_errors(404)}}},
-            "/predict": {"post": {
-                "summary": "Classify one or more uploaded images",
-                "description": "Multipart field `img` (repeat it to classify several images as one batch), or the "
-                               "raw image as the body with an image/* content type. Any Pillow-readable format; "
-                               "EXIF orientation applied; converted to RGB; centre square cropped and resized to "
-                               "32x32 with an antialiasing bicubic filter.",
-                "parameters": predict_params,
-                "requestBody": {"required": True, "content": {
-                    "multipart/form-data": {"schema": {"type": "object", "required": ["img"], "properties": {
-                        "img": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "topk": {"type": "integer"}, "model": {"type": "string"}}}},
-                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                }},
-                "responses": {"200": {"description": "predictions, most probable first", "content": {
-                    "application/json": {"schema": {"oneOf": [
-                        {"$ref": "#/components/schemas/PredictResponse"},
-                        {"$ref": "#/components/schemas/BatchPredictResponse"}]}}}},
-                    **_errors(400, 404, 405, 413, 415)}}},
-            "/models": {"get": {
-                "summary": "Loaded models: classes, test accuracy, CPU speed, test-time augmentation, file sha256",
-                "description": "`test_accuracy` and `tta` come from the served .onnx file's metadata. "
-                               "`cpu_images_per_s` and `parameters` come from MODELS_DIR/MANIFEST.json, and only "
-                               "from an entry whose `onnx_sha256` is the served file's `sha256`; otherwise they "
-                               "are null.",
-                "responses": {"200": _json("ModelList", "the loaded models")}}},
-            "/healthz": {"get": {"summary": "Liveness: the process answers",
-                                 "responses": {"200": _json("Status", "alive")}}},
-            "/readyz": {"get": {"summary": "Readiness: models loaded and warmed up",
-                                "responses": {"200": _json("Status", "ready"), **_errors(503)}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics, aggregated over all gunicorn workers",
-                                 "responses": {"200": {"description": "Prometheus text format",
-                                                       "content": {"text/plain": {}}}}}},
-            "/openapi.json": {"get": {"summary": "This document",
-                                      "responses": {"200": {"description": "OpenAPI 3.1 document",
-                                                            "content": {"application/json": {}}}}}},
-            "/v2": {"get": {"summary": "Server metadata (Open Inference Protocol)",
-                            "responses": {"200": {"description": "name, version, extensions",
-                                                  "content": {"application/json": {}}}}}},
-            "/v2/health/live": {"get": {"summary": "Server live",
-                                        "responses": {"200": {"description": '{"live": true}',
-                                                              "content": {"application/json": {}}}}}},
-            "/v2/health/ready": {"get": {"summary": "Server ready",
-                                         "responses": {"200": {"description": '{"ready": true}',
-                                                               "content": {"application/json": {}}},
-                                                       **_errors(503, v2=True)}}},
-            "/v2/models/{name}": {"get": {"summary": "Model metadata", "parameters": [_MODEL_PARAM], **v2_metadata}},
-            "/v2/models/{name}/versions/{version}": {"get": {
-                "summary": "Model metadata", "parameters": [_MODEL_PARAM, _VERSION_PARAM], **v2_metadata}},
-            "/v2/models/{name}/ready": {"get": {"summary": "Model ready", "parameters": [_MODEL_PARAM], **v2_ready}},
-            "/v2/models/{name}/versions/{version}/ready": {"get": {
-                "summary": "Model ready", "parameters": [_MODEL_PARAM, _VERSION_PARAM], **v2_ready}},
-            "/v2/models/{name}/infer": {"post": {"parameters": [_MODEL_PARAM], **v2_infer}},
-            "/v2/models/{name}/versions/{version}/infer": {"post": {
-                "parameters": [_MODEL_PARAM, _VERSION_PARAM], **v2_infer}},
+        "paths": _paths(max_batch),
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "Enforced only when the service is started with API_TOKEN (or API_TOKEN_FILE): "
+                               "then /predict, /v2/.../infer, /models and /metrics need `Authorization: Bearer "
+                               "<token>`. Health, readiness, the web page and this document stay open."}},
+            "parameters": {"RequestId": {
+                "name": "X-Request-ID", "in": "header", "required": False, "schema": _REQUEST_ID,
+                "description": "the caller's id for this request, echoed in the answer; another value (or none) "
+                               "gets a generated one"}},
+            "headers": {
+                "RequestId": {"required": True, "schema": _REQUEST_ID,
+                              "description": "the request's id: the client's X-Request-ID when it was a sane "
+                                             "token, else a generated one; the service's log lines show it"},
+                "WwwAuthenticate": {"required": True, "schema": {"type": "string", "pattern": "^Bearer"},
+                                    "description": "the scheme to authenticate with"}},
         },
-        "components": {"schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "required": ["code", "message"],
-                "properties": {"code": {"type": "integer"}, "message": {"type": "string"}}}}},
-            "V2Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-            "Prediction": {"type": "object", "required": ["label", "index", "probability"], "properties": {
-                "label": {"type": "string"}, "index": {"type": "integer"},
-                "probability": {"type": "number", "minimum": 0, "maximum": 1}}},
-            "PredictResponse": {"type": "object", "required": ["model", "predictions"], "properties": {
-                "model": {"type": "string"}, "filename": {"type": ["string", "null"]},
-                "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}}},
-            "BatchPredictResponse": {"type": "object", "required": ["model", "results"], "properties": {
-                "model": {"type": "string"},
-                "results": {"type": "array", "items": {"type": "object", "properties": {
-                    "filename": {"type": ["string", "null"]},
-                    "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}}}}}},
-            "ModelList": {"type": "object", "properties": {
-                "default_model": {"type": "string"},
-                "models": {"type": "array", "items": {"type": "object", "properties": {
-                    "name": {"type": "string"}, "arch": {"type": ["string", "null"]},
-                    "classes": {"type": "array", "items": {"type": "string"}},
-                    "test_accuracy": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
-                                      "description": "top-1 accuracy on the 10,000 CIFAR-10 test images, "
-                                                     "with the model's test-time augmentation; null if unknown"},
-                    "cpu_images_per_s": {"type": ["number", "null"], "exclusiveMinimum": 0,
-                                         "description": "throughput measured when packaged (onnxruntime on CPU, "
-                                                        "batches of 64); null without a manifest entry for "
-                                                        "this exact file"},
-                    "tta": {"type": "string", "examples": ["none", "flip", "flip_translate"],
-                            "description": "test-time augmentation inside the graph (each image is classified "
-                                           "in several variants and the answers averaged), or none"},
-                    "parameters": {"type": ["integer", "null"], "exclusiveMinimum": 0,
-                                   "description": "trainable parameters; null without a manifest entry for "
-                                                  "this exact file"},
-                    "sha256": {"type": "string", "description": "sha256 of the served .onnx file"},
-                    "file_size": {"type": "integer"}, "opset": {"type": ["integer", "null"]},
-                    "epochs": {"type": ["integer", "null"]},
-                    "source_checkpoint_sha256": {"type": ["string", "null"]},
-                    "input": {"type": "object"}, "outputs": {"type": "array", "items": {"type": "object"}},
-                    "default": {"type": "boolean"}}}}}},
-            "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
-            "V2Tensor": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-                "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-                "datatype": {"type": "string"}, "parameters": {"type": "object"},
-                "data": {"type": "array"}}},
-            "V2InferRequest": {"type": "object", "required": ["inputs"], "properties": {
-                "id": {"type": "string"}, "parameters": {"type": "object"},
-                "inputs": {"type": "array", "minItems": 1, "maxItems": 1,
-                           "items": {"$ref": "#/components/schemas/V2Tensor"},
-                           "description": "one tensor named image, UINT8, shape [n,32,32,3], RGB"},
-                "outputs": {"type": "array", "items": {"type": "object", "properties": {
-                    "name": {"type": "string", "enum": ["probabilities", "logits"]},
-                    "parameters": {"type": "object"}}}}}},
-            "V2InferResponse": {"type": "object", "properties": {
-                "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
-                "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}}}},
-            "V2ModelMetadata": {"type": "object", "properties": {
-                "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
-                "platform": {"type": "string"}, "inputs": {"type": "array"}, "outputs": {"type": "array"}}},
-            "V2ModelReady": {"type": "object", "properties": {"name": {"type": "string"},
-                                                              "ready": {"type": "boolean"}}},
-        }},
     }
 
 
