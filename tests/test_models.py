@@ -3,7 +3,7 @@ import sys
 import pytest
 import torch
 
-from training.models import UnknownModelError, count_parameters, create_model, list_models, model_info
+from training.models import UnknownArchitectureError, count_parameters, create_model, list_models, model_info
 from training.recipes import RECIPES
 
 DOCUMENTED = {"tutorial", "tutorial_plus", "dwsep", "adaptive", "staged_baseline", "staged_attention",
@@ -49,7 +49,7 @@ def test_dwsep_reproduces_the_seed_layer_list():
 
 
 def test_unknown_model_name_lists_the_known_ones():
-    with pytest.raises(UnknownModelError) as err:
+    with pytest.raises(UnknownArchitectureError) as err:
         create_model("resnet9000")
     assert "resnet9000" in str(err.value) and "dwsep" in str(err.value)
 

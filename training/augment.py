@@ -37,10 +37,6 @@ class Augment:
         if self.alternating_flip and not self.flip:
             raise ValueError("alternating_flip needs flip=True")
 
-    @property
-    def enabled(self) -> bool:
-        return self != Augment()
-
     def before_normalize(self, x: torch.Tensor, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``flip_mask`` (N,) bool: which images to flip, for ``alternating_flip`` (else drawn at random)."""
         if self.crop_padding:

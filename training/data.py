@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from common.files import atomic_write
 from training.augment import Augment
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -109,12 +110,8 @@ def _fingerprint(source: Path) -> str:
 
 def _write_cache(cache_file: Path, data: Cifar10) -> None:
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, train_images=data.train_images, train_labels=data.train_labels,
-                     test_images=data.test_images, test_labels=data.test_labels)
-        os.replace(tmp, cache_file)
+        atomic_write(cache_file, lambda f: np.savez(f, train_images=data.train_images, train_labels=data.train_labels,
+                                                    test_images=data.test_images, test_labels=data.test_labels))
     except OSError:
         pass  # a read-only home still trains, only without the cache
 
@@ -285,19 +282,13 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    @property
-    def num_samples(self) -> int:
-        """Images this rank sees per epoch."""
-        n = len(self.labels) // self.world_size
-        return n - n % self.batch_size if self.drop_last else n
-
     def __len__(self) -> int:
         n = len(self.labels) // self.world_size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def batch_sizes(self) -> list[int]:
         """Images in each batch of an epoch, in order (only the last one may be short)."""
-        n = self.num_samples
+        n = len(self.labels) // self.world_size  # this rank's share; with drop_last, len(self) stops short of it
         return [min(self.batch_size, n - start) for start in range(0, len(self) * self.batch_size, self.batch_size)]
 
     def _indices(self) -> torch.Tensor:

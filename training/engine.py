@@ -12,6 +12,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from training.data import DeviceLoader
+from training.models import NUM_CLASSES
 from training.recipes import Recipe
 
 
@@ -239,8 +240,8 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, criterion: nn.Module
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, criterion: nn.Module, device: torch.device,
-             num_classes: int = 10) -> dict:
+def classification_metrics(model: nn.Module, loader: DeviceLoader, criterion: nn.Module, device: torch.device,
+                           num_classes: int = NUM_CLASSES) -> dict:
     """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) over ``loader``.
 
     Always fp32, whatever precision trained the model: the accuracy stored in a checkpoint is then

@@ -9,16 +9,17 @@ or the mirror and airbench's 1-pixel translations); evaluation is fp32 either wa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from common.files import write_json
+from common.paths import repo_relative
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, recipe_tta
 from training.data import DataError, DeviceLoader, load_cifar10
-from training.engine import evaluate
+from training.engine import classification_metrics
 from training.tta import TTA_MODES, with_tta
 
 
@@ -31,15 +32,15 @@ def evaluate_checkpoint(ckpt_path: str | Path, data: str | None, device: str = "
     """``tta`` None: the checkpoint's recipe's test-time augmentation, as its ONNX export runs it."""
     ckpt = load_checkpoint(ckpt_path)
     if tta is None:
-        tta = ckpt["recipe"].get("tta", "none")
+        tta = recipe_tta(ckpt)
     model = with_tta(model_from_checkpoint(ckpt), tta).to(device)
     cifar = load_cifar10(data)
     images, labels = cifar.test_images[:limit], cifar.test_labels[:limit]
     loader = DeviceLoader(images, labels, batch_size, torch.device(device), ckpt["mean"], ckpt["std"])
-    result = evaluate(model, loader, nn.CrossEntropyLoss(), torch.device(device))
+    result = classification_metrics(model, loader, nn.CrossEntropyLoss(), torch.device(device))
     classes = tuple(ckpt["classes"])
     return {
-        "checkpoint": str(ckpt_path), "arch": ckpt["arch"], "epoch": ckpt["epoch"], "images": len(labels),
+        "checkpoint": repo_relative(ckpt_path), "arch": ckpt["arch"], "epoch": ckpt["epoch"], "images": len(labels),
         "tta": tta,
         "test_accuracy": result["acc"], "test_loss": result["loss"],
         "per_class_accuracy": per_class_accuracy(result["confusion"], classes),
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report, sort_keys=False)
     if args.plot:
         from training.plots import plot_confusion
 

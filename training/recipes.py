@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from training.augment import Augment
+from training.tta import TTA_MODES
 
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the PyTorch tutorial's Normalize((0.5,)*3, (0.5,)*3)
 
@@ -48,7 +49,7 @@ class Recipe:
     def __post_init__(self):
         choices = {"optimizer": ("sgd", "adam", "adamw", "rmsprop"),
                    "schedule": ("constant", "step", "cosine", "onecycle", "triangle"),
-                   "normalization": ("dataset", "half"), "tta": ("none", "flip", "flip_translate")}
+                   "normalization": ("dataset", "half"), "tta": TTA_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -172,10 +173,6 @@ RECIPES: dict[str, Recipe] = {
         augment=Augment(crop_padding=4, pad_mode="reflect", flip=True, alternating_flip=True, cutout=12),
         source="airbench96 (every value; LR and wd converted to a mean loss)"),
 }
-
-
-def recipe_names() -> list[str]:
-    return sorted(RECIPES)
 
 
 def default_recipe(model: str) -> Recipe:

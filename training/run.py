@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,19 +24,20 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from training.checkpoint import CheckpointError, atomic_save, load_checkpoint, make_checkpoint
+from common.files import write_text
+from training.checkpoint import Checkpoint, CheckpointError, RunArgs, atomic_save, load_checkpoint, make_checkpoint
 from training.data import CLASSES, DataError, DeviceLoader, channel_stats, load_cifar10, split_validation
 from training.engine import (
     Lookahead,
     build_optimizer,
     build_scheduler,
-    evaluate,
+    classification_metrics,
     restore_scheduler,
     steps_per_epoch,
     train_one_epoch,
 )
 from training.hardware import PRECISIONS, Precision, resolve_precision, set_threads
-from training.models import UnknownModelError, count_parameters, create_model, list_models, model_info
+from training.models import UnknownArchitectureError, count_parameters, create_model, list_models, model_info
 from training.plots import plot_confusion, plot_curves
 from training.recipes import HALF, RECIPES, Recipe, default_recipe
 from training.tta import with_tta
@@ -108,7 +110,7 @@ def _init_distributed(device_choice: str) -> tuple[int, int, int]:
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world_size
 
 
-def _resolve_recipe(args: argparse.Namespace, resumed: dict | None) -> Recipe:
+def _resolve_recipe(args: argparse.Namespace, resumed: Checkpoint | None) -> Recipe:
     if resumed is not None:
         recipe = Recipe.from_dict(resumed["recipe"])
         if args.model and args.model != recipe.model:
@@ -135,7 +137,7 @@ def _resolve_recipe(args: argparse.Namespace, resumed: dict | None) -> Recipe:
         raise UsageError(str(exc)) from None
 
 
-def _resolve_run_settings(args: argparse.Namespace, resumed: dict | None, device: torch.device,
+def _resolve_run_settings(args: argparse.Namespace, resumed: Checkpoint | None, device: torch.device,
                           say) -> tuple[Precision, int | None]:
     """Precision, channels_last and the eval limit: on a resume, the run's own unless a flag overrides them."""
     if args.amp:
@@ -146,12 +148,9 @@ def _resolve_run_settings(args: argparse.Namespace, resumed: dict | None, device
         raise UsageError("--threads must be >= 1")
     if resumed is None:
         return resolve_precision(device, args.precision, args.channels_last), args.eval_limit
-    saved = resumed["args"]
-    saved_values = {
-        "precision": saved.get("precision", "bf16" if saved.get("amp") else "fp32"),  # older checkpoints: amp
-        "channels_last": saved.get("channels_last", False),
-        "eval_limit": saved.get("eval_limit"),
-    }
+    saved = RunArgs.of(resumed)
+    saved_values = {"precision": saved.precision, "channels_last": saved.channels_last,
+                    "eval_limit": saved.eval_limit}
     flags = {"precision": args.precision, "channels_last": args.channels_last, "eval_limit": args.eval_limit}
     values = {k: saved_values[k] if flags[k] is None else flags[k] for k in saved_values}
     kept = [f"{k} {v}" for k, v in values.items() if flags[k] is None]
@@ -167,154 +166,267 @@ def _resolve_run_settings(args: argparse.Namespace, resumed: dict | None, device
     return precision, values["eval_limit"]
 
 
-def train(args: argparse.Namespace) -> dict:
-    rank, local_rank, world_size = _init_distributed(args.device)
-    device = _resolve_device(args.device, local_rank)
-    is_main = rank == 0
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the DDP processes (just one without torchrun) and its device."""
 
-    def say(line: str) -> None:
-        if is_main:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def say(self, line: str) -> None:
+        if self.is_main:
             print(line, flush=True)
 
-    resumed = load_checkpoint(args.resume) if args.resume else None
-    precision, eval_limit = _resolve_run_settings(args, resumed, device, say)
-    threads = set_threads(args.threads) if device.type == "cpu" else torch.get_num_threads()
-    say(f"precision: {precision.reason}" + (f"; {threads} CPU thread(s)" if device.type == "cpu" else ""))
-    recipe = _resolve_recipe(args, resumed)
-    if recipe.batch_size % world_size:
-        raise UsageError(f"batch size {recipe.batch_size} is not divisible by {world_size} processes")
-    out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else Path("runs") / recipe.model)
-    seed = resumed["args"]["seed"] if resumed else args.seed
-    val_size = resumed["args"]["val_size"] if resumed else args.val_size
-    train_limit = resumed["args"]["limit"] if resumed else args.limit  # a resumed run sees the same data
-    command = resumed["args"].get("command", "") if resumed else args.command
-    recipe_name = resumed["args"].get("recipe_name", "") if resumed else args.recipe or recipe.model
-    torch.manual_seed(seed + rank)
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What this invocation trains: a fresh run as the flags say, or a resumed run as it was."""
+
+    recipe: Recipe
+    run_args: RunArgs  # recorded in every checkpoint
+    precision: Precision
+    out: Path
+    stats: tuple | None  # (mean, std) fixed before the data is read; None: the training split's own
+
+
+@dataclass
+class Data:
+    """The run's splits as device loaders, and the normalization they apply."""
+
+    train: DeviceLoader
+    val: DeviceLoader | None
+    test: DeviceLoader
+    mean: tuple
+    std: tuple
+
+    @property
+    def selected_on(self) -> str:
+        """What picks best.pt's epoch. Without a validation split the test split must not (that would leak
+        it into the reported figure): best.pt is then simply the last epoch, as for a recipe whose length
+        was chosen on val."""
+        return "val" if self.val is not None else "last"
+
+
+@dataclass
+class Progress:
+    """Where the epoch loop stands: nothing done yet, or a resumed run's history."""
+
+    metrics: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    best_score: float = -1.0
+    lookahead: dict | None = None  # the saved Lookahead average
+    test_confusion: list | None = None  # the latest epoch's, for the plot
+
+
+@dataclass
+class TrainingState:
+    model: nn.Module  # what trains: possibly wrapped by DDP or torch.compile
+    raw_model: nn.Module  # what checkpoints hold
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step_count: int  # optimizer steps per epoch
+    lookahead: Lookahead | None
+    progress: Progress
+
+
+def train(args: argparse.Namespace) -> dict:
+    procs = _start_processes(args.device)
+    resumed = load_checkpoint(args.resume) if args.resume else None
+    plan = _plan_run(args, resumed, procs)
+    torch.manual_seed(plan.run_args.seed + procs.rank)
+    data = _build_data(args.data, args.download, plan, procs)
+    state = _build_state(plan, data, procs, resumed, args.compile)
+    result = _train_epochs(plan, data, state, procs, show_progress=procs.is_main and not args.no_progress)
+    if procs.world_size > 1:
+        dist.destroy_process_group()
+    return result
+
+
+def _start_processes(device_choice: str) -> Processes:
+    rank, local_rank, world_size = _init_distributed(device_choice)
+    return Processes(rank, local_rank, world_size, _resolve_device(device_choice, local_rank))
+
+
+def _plan_run(args: argparse.Namespace, resumed: Checkpoint | None, procs: Processes) -> RunPlan:
+    precision, eval_limit = _resolve_run_settings(args, resumed, procs.device, procs.say)
+    threads = set_threads(args.threads) if procs.device.type == "cpu" else torch.get_num_threads()
+    procs.say(f"precision: {precision.reason}" + (f"; {threads} CPU thread(s)" if procs.device.type == "cpu" else ""))
+    recipe = _resolve_recipe(args, resumed)
+    if recipe.batch_size % procs.world_size:
+        raise UsageError(f"batch size {recipe.batch_size} is not divisible by {procs.world_size} processes")
+    this_invocation = {"precision": precision.name, "channels_last": precision.channels_last,
+                       "eval_limit": eval_limit, "threads": threads, "world_size": procs.world_size}
+    if resumed is None:
+        run_args = RunArgs(seed=args.seed, val_size=args.val_size, limit=args.limit, command=args.command,
+                           recipe_name=args.recipe or recipe.model, **this_invocation)
+        out = Path(args.out) if args.out else Path("runs") / recipe.model
+        stats = HALF if recipe.normalization == "half" else None
+        return RunPlan(recipe, run_args, precision, out, stats)
+    # A resumed run sees the same data in the same order, normalized the same way.
+    run_args = dataclasses.replace(RunArgs.of(resumed), **this_invocation)
+    out = Path(args.out) if args.out else Path(args.resume).parent
+    return RunPlan(recipe, run_args, precision, out, (tuple(resumed["mean"]), tuple(resumed["std"])))
+
+
+def _build_data(source: str | None, download: bool, plan: RunPlan, procs: Processes) -> Data:
     # Rank 0 decodes and caches first; the others then read the cache.
-    if is_main:
-        data = load_cifar10(args.data, download=args.download)
-    if world_size > 1:
+    if procs.is_main:
+        cifar = load_cifar10(source, download=download)
+    if procs.world_size > 1:
         dist.barrier()
-    if not is_main:
-        data = load_cifar10(args.data)
-    (train_x, train_y), val = split_validation(data.train_images, data.train_labels, val_size)
-    if resumed:
-        mean, std = tuple(resumed["mean"]), tuple(resumed["std"])
-    else:
-        mean, std = HALF if recipe.normalization == "half" else channel_stats(train_x)
-    if train_limit:
-        train_x, train_y = train_x[:train_limit], train_y[:train_limit]
-    limit = slice(None, eval_limit)
+    if not procs.is_main:
+        cifar = load_cifar10(source)
+    run = plan.run_args
+    (train_x, train_y), val = split_validation(cifar.train_images, cifar.train_labels, run.val_size)
+    mean, std = plan.stats or channel_stats(train_x)
+    if run.limit:
+        train_x, train_y = train_x[:run.limit], train_y[:run.limit]
+    evaluated = slice(None, run.eval_limit)
 
     def loader(x, y, train: bool) -> DeviceLoader:
-        per_rank = recipe.batch_size // world_size if train else 500
-        return DeviceLoader(x, y, per_rank, device, mean, std, recipe.augment if train else None,
-                            shuffle=train, drop_last=False, seed=seed, rank=rank if train else 0,
-                            world_size=world_size if train else 1, channels_last=precision.channels_last)
+        per_rank = plan.recipe.batch_size // procs.world_size if train else 500
+        return DeviceLoader(x, y, per_rank, procs.device, mean, std, plan.recipe.augment if train else None,
+                            shuffle=train, drop_last=False, seed=run.seed, rank=procs.rank if train else 0,
+                            world_size=procs.world_size if train else 1, channels_last=plan.precision.channels_last)
 
-    train_loader = loader(train_x, train_y, True)
-    val_loader = loader(val[0][limit], val[1][limit], False) if val else None
-    test_loader = loader(data.test_images[limit], data.test_labels[limit], False)
+    return Data(train=loader(train_x, train_y, True),
+                val=loader(val[0][evaluated], val[1][evaluated], False) if val else None,
+                test=loader(cifar.test_images[evaluated], cifar.test_labels[evaluated], False),
+                mean=mean, std=std)
 
-    model = create_model(recipe.model, **recipe.model_kwargs).to(device)
-    if hasattr(model, "init_whitening") and not resumed:
-        model.init_whitening(train_loader.normalized(WHITENING_IMAGES))
-    if precision.channels_last:
+
+def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoint | None,
+                 compile_model: bool) -> TrainingState:
+    recipe = plan.recipe
+    model = create_model(recipe.model, **recipe.model_kwargs).to(procs.device)
+    if hasattr(model, "init_whitening") and resumed is None:  # a resumed run loads its fitted filters
+        model.init_whitening(data.train.normalized(WHITENING_IMAGES))
+    if plan.precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    raw_model = model  # what checkpoints hold: no DDP or compile wrapper
     optimizer = build_optimizer(recipe, model)
-    step_count = steps_per_epoch(train_loader, recipe)
+    step_count = steps_per_epoch(data.train, recipe)
     scheduler = build_scheduler(recipe, optimizer, step_count)
-    metrics: list[dict] = []
-    start_epoch, best_score = 0, -1.0
-    if resumed:
-        model.load_state_dict(resumed["state_dict"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        rebuilt = restore_scheduler(scheduler, resumed["scheduler"], recipe, optimizer)
-        if rebuilt:
-            say(f"resume: --epochs {recipe.epochs} differs from the planned {resumed['epochs']}: {rebuilt}")
-        metrics, start_epoch, best_score = resumed["metrics"], resumed["epoch"], resumed["best_score"]
-        _restore_rng(resumed["rng"])
-        if rank:  # only rank 0's RNG state is saved: give the other ranks distinct streams again
-            torch.manual_seed(seed + rank + 1_000_003 * start_epoch)
-    lookahead = Lookahead(raw_model, recipe, recipe.epochs * step_count) if recipe.lookahead_every else None
-    if lookahead is not None and resumed and resumed.get("lookahead"):
-        lookahead.load_state_dict(resumed["lookahead"])
-    if world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    if args.compile:
-        model = torch.compile(model)
+    progress = Progress() if resumed is None else _resume(resumed, model, optimizer, scheduler, plan, procs)
+    # Built after the resumed weights are in: the average starts from them unless the run saved its own.
+    lookahead = Lookahead(model, recipe, recipe.epochs * step_count) if recipe.lookahead_every else None
+    if lookahead is not None and progress.lookahead:
+        lookahead.load_state_dict(progress.lookahead)
+    trained = model
+    if procs.world_size > 1:
+        trained = nn.parallel.DistributedDataParallel(
+            trained, device_ids=[procs.local_rank] if procs.device.type == "cuda" else None)
+    if compile_model:
+        trained = torch.compile(trained)
+    return TrainingState(trained, model, optimizer, scheduler, step_count, lookahead, progress)
 
+
+def _resume(resumed: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, plan: RunPlan,
+            procs: Processes) -> Progress:
+    """Load a run's weights, optimizer, schedule and RNG state into the new objects; its history goes on."""
+    model.load_state_dict(resumed["state_dict"])
+    optimizer.load_state_dict(resumed["optimizer"])
+    rebuilt = restore_scheduler(scheduler, resumed["scheduler"], plan.recipe, optimizer)
+    if rebuilt:
+        procs.say(f"resume: --epochs {plan.recipe.epochs} differs from the planned {resumed['epochs']}: {rebuilt}")
+    _restore_rng(resumed["rng"])
+    if procs.rank:  # only rank 0's RNG state is saved: give the other ranks distinct streams again
+        torch.manual_seed(plan.run_args.seed + procs.rank + 1_000_003 * resumed["epoch"])
+    return Progress(metrics=resumed["metrics"], start_epoch=resumed["epoch"], best_score=resumed["best_score"],
+                    lookahead=resumed.get("lookahead"), test_confusion=resumed.get("test_confusion"))
+
+
+def _train_epochs(plan: RunPlan, data: Data, state: TrainingState, procs: Processes, show_progress: bool) -> dict:
+    recipe, progress, device = plan.recipe, state.progress, procs.device
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    # Val and test curves are the plain model's (cheap); with a TTA recipe the model as exported (TTA
-    # in the graph) is also measured on the test split for each epoch that a checkpoint file selects.
-    with_test_tta = with_tta(raw_model, recipe.tta) if recipe.tta != "none" else None
-    eval_criterion = nn.CrossEntropyLoss()
-    # Without a validation split the test split must not pick the epoch (that would leak it into the
-    # reported figure): best.pt is then simply the last epoch, as for a recipe whose length was chosen on val.
-    selected_on = "val" if val_loader is not None else "last"
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        print(f"{recipe.model}: {count_parameters(raw_model):,} params, {len(train_x):,} train / "
-              f"{len(val[0][limit]) if val else 0:,} val / {len(test_loader.labels):,} test images, "
-              f"device {device}, {world_size} process(es), epochs {start_epoch + 1}..{recipe.epochs}, "
-              f"out {out}", flush=True)
+    with_test_tta = with_tta(state.raw_model, recipe.tta) if recipe.tta != "none" else None
+    if procs.is_main:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        print(f"{recipe.model}: {count_parameters(state.raw_model):,} params, {len(data.train.labels):,} train / "
+              f"{len(data.val.labels) if data.val else 0:,} val / {len(data.test.labels):,} test images, "
+              f"device {device}, {procs.world_size} process(es), epochs {progress.start_epoch + 1}..{recipe.epochs}, "
+              f"out {plan.out}", flush=True)
     run_start = time.perf_counter()
-    test = None
-    for epoch in range(start_epoch, recipe.epochs):
-        train_loader.set_epoch(epoch)
-        row = {"epoch": epoch + 1}
-        whitening_bias = getattr(raw_model, "whitening_bias", None)
-        if whitening_bias is not None and recipe.whitening_bias_epochs:
-            whitening_bias.requires_grad_(epoch < recipe.whitening_bias_epochs)
-        row.update(train_one_epoch(model, train_loader, criterion, optimizer, scheduler, recipe, device,
-                                   amp=precision.autocast, progress=None if args.no_progress or not is_main
-                                   else f"epoch {epoch + 1}/{recipe.epochs}",
-                                   lookahead=lookahead, first_step=epoch * step_count))
-        if lookahead is not None and epoch + 1 == recipe.epochs:
-            lookahead.finish()  # the trained model is the weights' average
-        if val_loader is not None:
-            v = evaluate(raw_model, val_loader, eval_criterion, device)
-            row.update(val_loss=v["loss"], val_acc=v["acc"])
-        test = evaluate(raw_model, test_loader, eval_criterion, device)
-        row.update(test_loss=test["loss"], test_acc=test["acc"])
-        improved = selected_on == "last" or row["val_acc"] > best_score
-        if selected_on == "val":
-            best_score = max(best_score, row["val_acc"])
-        last_epoch = epoch + 1 == recipe.epochs
-        if with_test_tta is not None and (last_epoch or (selected_on == "val" and improved)):
-            test = evaluate(with_test_tta, test_loader, eval_criterion, device)
-            row.update(test_acc_tta=test["acc"])
+    for epoch in range(progress.start_epoch, recipe.epochs):
+        row = {"epoch": epoch + 1, **_train_epoch(epoch, plan, data, state, criterion, device, show_progress)}
+        test, improved = _measure_epoch(row, plan, data, state, with_test_tta, device)
         row.update(time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        metrics.append(row)
-        if is_main:
+        progress.metrics.append(row)
+        progress.test_confusion = test["confusion"]
+        if procs.is_main:
             print(_format_row(row), flush=True)
-            payload = make_checkpoint(
-                raw_model, recipe, mean, std, metrics=metrics, epoch=epoch + 1,
-                test_accuracy=test["acc"], test_tta=recipe.tta if "test_acc_tta" in row else "none",
-                test_confusion=test["confusion"], selected_on=selected_on,
-                best_score=best_score, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                lookahead=lookahead.state_dict() if lookahead is not None else None,
-                rng=_rng_state(), args={"seed": seed, "val_size": val_size, "limit": train_limit, "command": command,
-                                        "recipe_name": recipe_name,
-                                        "precision": precision.name, "channels_last": precision.channels_last,
-                                        "eval_limit": eval_limit, "threads": threads, "world_size": world_size},
-                device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
-            atomic_save(payload, out / "last.pt")
-            if improved:
-                atomic_save(payload, out / "best.pt")
-            _write_jsonl(metrics, out / "metrics.jsonl")
-    if is_main and metrics:
-        plot_curves(metrics, out, recipe.model, recipe.label_smoothing)
-        confusion = test["confusion"] if test else resumed["test_confusion"]
-        plot_confusion(confusion, CLASSES, out / "confusion.png",
-                       f"{recipe.model}: test confusion (epoch {metrics[-1]['epoch']})")
-        print(f"done: test accuracy {metrics[-1]['test_acc']:.4f} after {metrics[-1]['epoch']} epochs "
-              f"({time.perf_counter() - run_start:.0f} s this invocation); {out}", flush=True)
-    if world_size > 1:
-        dist.destroy_process_group()
-    return metrics[-1] if metrics else {}
+            _save_epoch(plan, data, state, test, improved, device)
+    if procs.is_main and progress.metrics:
+        plot_curves(progress.metrics, plan.out, recipe.model, recipe.label_smoothing)
+        plot_confusion(progress.test_confusion, CLASSES, plan.out / "confusion.png",
+                       f"{recipe.model}: test confusion (epoch {progress.metrics[-1]['epoch']})")
+        print(f"done: test accuracy {progress.metrics[-1]['test_acc']:.4f} after {progress.metrics[-1]['epoch']} "
+              f"epochs ({time.perf_counter() - run_start:.0f} s this invocation); {plan.out}", flush=True)
+    return progress.metrics[-1] if progress.metrics else {}
+
+
+def _train_epoch(epoch: int, plan: RunPlan, data: Data, state: TrainingState, criterion: nn.Module,
+                 device: torch.device, show_progress: bool) -> dict:
+    recipe = plan.recipe
+    data.train.set_epoch(epoch)
+    whitening_bias = getattr(state.raw_model, "whitening_bias", None)
+    if whitening_bias is not None and recipe.whitening_bias_epochs:
+        whitening_bias.requires_grad_(epoch < recipe.whitening_bias_epochs)
+    figures = train_one_epoch(state.model, data.train, criterion, state.optimizer, state.scheduler, recipe, device,
+                              amp=plan.precision.autocast,
+                              progress=f"epoch {epoch + 1}/{recipe.epochs}" if show_progress else None,
+                              lookahead=state.lookahead, first_step=epoch * state.step_count)
+    if state.lookahead is not None and epoch + 1 == recipe.epochs:
+        state.lookahead.finish()  # the trained model is the weights' average
+    return figures
+
+
+def _measure_epoch(row: dict, plan: RunPlan, data: Data, state: TrainingState, with_test_tta: nn.Module | None,
+                   device: torch.device) -> tuple[dict, bool]:
+    """Add the epoch's val and test figures to ``row``; return the test figures the checkpoint records and
+    whether this epoch is selected for best.pt.
+
+    Val and test curves are the plain model's (cheap); with a TTA recipe the model as exported (TTA in
+    the graph) is also measured on the test split for each epoch that a checkpoint file selects.
+    """
+    progress, criterion = state.progress, nn.CrossEntropyLoss()
+    if data.val is not None:
+        val = classification_metrics(state.raw_model, data.val, criterion, device)
+        row.update(val_loss=val["loss"], val_acc=val["acc"])
+    test = classification_metrics(state.raw_model, data.test, criterion, device)
+    row.update(test_loss=test["loss"], test_acc=test["acc"])
+    improved = data.selected_on == "last" or row["val_acc"] > progress.best_score
+    if data.selected_on == "val":
+        progress.best_score = max(progress.best_score, row["val_acc"])
+    last_epoch = row["epoch"] == plan.recipe.epochs
+    if with_test_tta is not None and (last_epoch or (data.selected_on == "val" and improved)):
+        test = classification_metrics(with_test_tta, data.test, criterion, device)
+        row.update(test_acc_tta=test["acc"])
+    return test, improved
+
+
+def _save_epoch(plan: RunPlan, data: Data, state: TrainingState, test: dict, improved: bool,
+                device: torch.device) -> None:
+    """last.pt (and best.pt when the epoch is selected) and metrics.jsonl, after the latest epoch."""
+    recipe, progress = plan.recipe, state.progress
+    row = progress.metrics[-1]
+    payload = make_checkpoint(
+        state.raw_model, recipe, data.mean, data.std, metrics=progress.metrics, epoch=row["epoch"],
+        test_accuracy=test["acc"], test_tta=recipe.tta if "test_acc_tta" in row else "none",
+        test_confusion=test["confusion"], selected_on=data.selected_on, best_score=progress.best_score,
+        optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(),
+        lookahead=state.lookahead.state_dict() if state.lookahead is not None else None,
+        rng=_rng_state(), args=plan.run_args.to_dict(),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    atomic_save(payload, plan.out / "last.pt")
+    if improved:
+        atomic_save(payload, plan.out / "best.pt")
+    write_text(plan.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in progress.metrics))
 
 
 def _format_row(row: dict) -> str:
@@ -339,12 +451,6 @@ def _restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_jsonl(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
@@ -352,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         train(args)
-    except (UsageError, DataError, CheckpointError, UnknownModelError) as exc:
+    except (UsageError, DataError, CheckpointError, UnknownArchitectureError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-NUM_CLASSES = 10
+from common.contract import NUM_CLASSES  # noqa: F401 - the models' output width is the exported graph's
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,9 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownArchitectureError(KeyError):
+    """A name that is not in the registry."""
+
     def __str__(self) -> str:  # KeyError quotes its message; a user wants plain text
         return self.args[0]
 
@@ -53,7 +55,7 @@ def model_info(name: str) -> ModelInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownModelError(
+        raise UnknownArchitectureError(
             f"unknown model {name!r}; choose one of: {', '.join(list_models())}"
         ) from None
 

@@ -1,0 +1,53 @@
+"""The ONNX interface the service relies on, written once: ``export/`` writes it, ``serving/`` checks it.
+
+A served model file has
+
+- one input ``image``: uint8 RGB images, [batch, 32, 32, 3] (channels last, as Pillow decodes
+  them), with a dynamic batch dimension; normalization happens inside the graph;
+- two outputs, ``logits`` and ``probabilities``: float32, [batch, classes];
+- string metadata (``metadata_props``) under the keys of ``MetadataKey``, of which the service
+  needs only ``classes``; the others describe the file (see ``export.metadata``).
+
+Only names and plain values live here (no numpy, onnx or torch), so both sides can import it.
+"""
+
+INPUT_NAME = "image"
+INPUT_DTYPE = "uint8"
+IMAGE_SHAPE = (32, 32, 3)  # one image: height, width, RGB channels
+BATCH_DIM = "batch"  # the name of the dynamic first dimension of every input and output
+
+LOGITS = "logits"
+PROBABILITIES = "probabilities"
+OUTPUTS = (LOGITS, PROBABILITIES)  # in the graph's order
+OUTPUT_DTYPE = "float32"
+NUM_CLASSES = 10  # what this project exports; the service takes the count from the ``classes`` metadata
+
+# onnxruntime's names for those dtypes (``NodeArg.type``), which both sides compare against.
+INPUT_ORT_TYPE = "tensor(uint8)"
+OUTPUT_ORT_TYPE = "tensor(float)"
+
+INPUT_FORMAT = "uint8 RGB, [batch, 32, 32, 3] (channels last, as decoded by Pillow); normalization is in the graph"
+NO_TTA = "none"  # the ``tta`` value of a graph without test-time augmentation (the key is then absent)
+
+
+class MetadataKey:
+    """The keys of an exported file's ``metadata_props``; every value is a string, as ONNX requires."""
+
+    CLASSES = "classes"  # JSON list of class names, in the outputs' column order
+    ARCH = "arch"  # the registered architecture (training.models)
+    SOURCE_CHECKPOINT_SHA256 = "source_checkpoint_sha256"
+    TEST_ACCURACY = "test_accuracy"  # decimal fraction, "" if unknown
+    OPSET = "opset"
+    PARITY = "parity"  # JSON report: PyTorch vs onnxruntime on the test images
+    MEAN = "mean"  # JSON list, [0, 1] units, RGB
+    STD = "std"
+    EPOCHS = "epochs"  # epochs trained
+    INPUT_FORMAT = "input_format"  # INPUT_FORMAT, for a person reading the file
+    EXPORTED_AT = "exported_at"
+    TORCH_VERSION = "torch_version"
+    TTA = "tta"  # only in a graph with test-time augmentation inside: "flip" or "flip_translate"
+    QUANTIZATION = "quantization"  # only in int8 files: JSON figures against the fp32 model
+
+
+JSON_METADATA_KEYS = (MetadataKey.CLASSES, MetadataKey.PARITY, MetadataKey.MEAN, MetadataKey.STD,
+                      MetadataKey.QUANTIZATION)
