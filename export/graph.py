@@ -20,13 +20,10 @@ import onnx
 import torch
 import torch.nn as nn
 
+from common.contract import BATCH_DIM, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUTS
+from common.text import first_line
 from export import ExportError
 
-INPUT = "image"
-OUTPUTS = ("logits", "probabilities")
-BATCH = "batch"
-IMAGE_SHAPE = (32, 32, 3)
-NUM_CLASSES = 10
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 and OpenCV's DNN importer both run it
 # 14: the oldest at which shape inference carries the batch dim through every registered model (at 13 it
 # loses it in adaptive's reshape); 20: the newest the TorchScript exporter writes.
@@ -60,22 +57,21 @@ def export_graph(model: nn.Module, mean, std, opset: int = DEFAULT_OPSET) -> onn
     servable = ServableModel(model, mean, std).eval()
     example = torch.zeros((2, *IMAGE_SHAPE), dtype=torch.uint8)  # batch 2: a batch of 1 can get folded
     buffer = io.BytesIO()
-    dynamic = {name: {0: BATCH} for name in (INPUT, *OUTPUTS)}
+    dynamic = {name: {0: BATCH_DIM} for name in (INPUT_NAME, *OUTPUTS)}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy TorchScript exporter"
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(servable, (example,), buffer, input_names=[INPUT], output_names=list(OUTPUTS),
+            torch.onnx.export(servable, (example,), buffer, input_names=[INPUT_NAME], output_names=list(OUTPUTS),
                               dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
                               training=torch.onnx.TrainingMode.EVAL, dynamo=False)
     except Exception as exc:  # the exporter raises many types (ValueError, RuntimeError, its own errors)
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"torch.onnx.export failed at opset {opset}: {first_line}") from None
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {first_line(exc)}") from None
     proto = onnx.load_from_string(buffer.getvalue())
     proto.producer_name = "cifar10-classifier export.onnx"
-    proto.doc_string = (f"CIFAR-10 classifier. Input '{INPUT}': uint8 RGB [{BATCH}, 32, 32, 3], normalization "
-                        f"inside. Outputs '{OUTPUTS[0]}' and '{OUTPUTS[1]}': float32 [{BATCH}, {NUM_CLASSES}]; "
-                        "class names, provenance and parity figures in metadata_props.")
+    proto.doc_string = (f"CIFAR-10 classifier. Input '{INPUT_NAME}': uint8 RGB [{BATCH_DIM}, 32, 32, 3], "
+                        f"normalization inside. Outputs '{OUTPUTS[0]}' and '{OUTPUTS[1]}': float32 [{BATCH_DIM}, "
+                        f"{NUM_CLASSES}]; class names, provenance and parity figures in metadata_props.")
     return proto
 
 
@@ -88,11 +84,11 @@ def check_graph(proto: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"exported graph fails onnx.checker: {str(exc).strip().splitlines()[0]}") from None
+        raise ExportError(f"exported graph fails onnx.checker: {first_line(exc)}") from None
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    if [i.name for i in inputs] != [INPUT] or _shape(inputs[0]) != [BATCH, *IMAGE_SHAPE] \
+    if [i.name for i in inputs] != [INPUT_NAME] or _shape(inputs[0]) != [BATCH_DIM, *IMAGE_SHAPE] \
             or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.UINT8:
-        raise ExportError(f"exported graph input is not '{INPUT}' uint8 [{BATCH}, 32, 32, 3]")
+        raise ExportError(f"exported graph input is not '{INPUT_NAME}' uint8 [{BATCH_DIM}, 32, 32, 3]")
     stripped = onnx.ModelProto()
     stripped.CopyFrom(proto)
     for output in stripped.graph.output:
@@ -103,8 +99,8 @@ def check_graph(proto: onnx.ModelProto) -> None:
         if name not in outputs:
             raise ExportError(f"exported graph has no output '{name}'")
         if outputs[name].type.tensor_type.elem_type != onnx.TensorProto.FLOAT \
-                or _shape(outputs[name]) != [BATCH, NUM_CLASSES]:
-            raise ExportError(f"shape inference does not resolve output '{name}' to float [{BATCH}, "
+                or _shape(outputs[name]) != [BATCH_DIM, NUM_CLASSES]:
+            raise ExportError(f"shape inference does not resolve output '{name}' to float [{BATCH_DIM}, "
                               f"{NUM_CLASSES}] (got {_shape(outputs[name])})")
 
 

@@ -1,12 +1,12 @@
 """The model's description, stored in ONNX ``metadata_props`` so that the .onnx file is self-contained.
 
-Keys (all values are strings, as ONNX requires): ``classes`` (JSON list, canonical order), ``arch``,
-``source_checkpoint_sha256``, ``test_accuracy`` (decimal, "" if unknown), ``opset``, ``parity`` (JSON
-report), ``mean`` and ``std`` (JSON lists, [0, 1] units, RGB), ``epochs`` (epochs trained),
-``input_format``, ``exported_at``, ``torch_version``, ``tta`` (only in a graph with test-time
-augmentation inside: ``flip`` or ``flip_translate``; absent means none), and for int8 files
-``quantization`` (JSON: its accuracy and speed against the fp32 model, whose ``parity`` report and
-other keys it carries over).
+The keys are ``common.contract.MetadataKey`` (all values strings, as ONNX requires): ``classes``
+(JSON list, canonical order), ``arch``, ``source_checkpoint_sha256``, ``test_accuracy`` (decimal,
+"" if unknown), ``opset``, ``parity`` (JSON report), ``mean`` and ``std`` (JSON lists, [0, 1] units,
+RGB), ``epochs`` (epochs trained), ``input_format``, ``exported_at``, ``torch_version``, ``tta`` (only
+in a graph with test-time augmentation inside: ``flip`` or ``flip_translate``; absent means none),
+and for int8 files ``quantization`` (JSON: its accuracy and speed against the fp32 model, whose
+``parity`` report and other keys it carries over).
 
 Reading needs only onnxruntime, which is what the service has.
 """
@@ -15,33 +15,36 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import onnx
 
-JSON_KEYS = ("classes", "parity", "mean", "std", "quantization")
-INPUT_FORMAT = "uint8 RGB, [batch, 32, 32, 3] (channels last, as decoded by Pillow); normalization is in the graph"
+from common.contract import INPUT_FORMAT, JSON_METADATA_KEYS, NO_TTA, MetadataKey
+
+if TYPE_CHECKING:  # the type only: reading metadata must not import torch
+    from training.checkpoint import Checkpoint
 
 
-def build_metadata(ckpt: dict, *, sha256: str, opset: int, parity: dict, exported_at: str,
-                   torch_version: str, tta: str = "none") -> dict[str, str]:
-    """Every key the serving side relies on, as strings, from a checkpoint dict and export facts."""
+def build_metadata(ckpt: Checkpoint, *, sha256: str, opset: int, parity: dict, exported_at: str,
+                   torch_version: str, tta: str = NO_TTA) -> dict[str, str]:
+    """Every key the serving side relies on, as strings, from a checkpoint and export facts."""
     accuracy = ckpt.get("test_accuracy")
     props = {
-        "classes": json.dumps(list(ckpt["classes"])),
-        "arch": str(ckpt["arch"]),
-        "source_checkpoint_sha256": sha256,
-        "test_accuracy": "" if accuracy is None else f"{float(accuracy):.4f}",
-        "opset": str(opset),
-        "parity": json.dumps(parity, sort_keys=True),
-        "mean": json.dumps([float(m) for m in ckpt["mean"]]),
-        "std": json.dumps([float(s) for s in ckpt["std"]]),
-        "epochs": str(int(ckpt.get("epoch", 0))),
-        "input_format": INPUT_FORMAT,
-        "exported_at": exported_at,
-        "torch_version": torch_version,
+        MetadataKey.CLASSES: json.dumps(list(ckpt["classes"])),
+        MetadataKey.ARCH: str(ckpt["arch"]),
+        MetadataKey.SOURCE_CHECKPOINT_SHA256: sha256,
+        MetadataKey.TEST_ACCURACY: "" if accuracy is None else f"{float(accuracy):.4f}",
+        MetadataKey.OPSET: str(opset),
+        MetadataKey.PARITY: json.dumps(parity, sort_keys=True),
+        MetadataKey.MEAN: json.dumps([float(m) for m in ckpt["mean"]]),
+        MetadataKey.STD: json.dumps([float(s) for s in ckpt["std"]]),
+        MetadataKey.EPOCHS: str(int(ckpt.get("epoch", 0))),
+        MetadataKey.INPUT_FORMAT: INPUT_FORMAT,
+        MetadataKey.EXPORTED_AT: exported_at,
+        MetadataKey.TORCH_VERSION: torch_version,
     }
-    if tta != "none":
-        props["tta"] = tta
+    if tta != NO_TTA:
+        props[MetadataKey.TTA] = tta
     return props
 
 
@@ -62,9 +65,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
 def decode(raw: dict[str, str]) -> dict:
     """String metadata -> values: JSON keys parsed, ``test_accuracy`` a float or None."""
     meta: dict = dict(raw)
-    for key in JSON_KEYS:
+    for key in JSON_METADATA_KEYS:
         if key in meta:
             meta[key] = json.loads(meta[key])
-    if "test_accuracy" in meta:
-        meta["test_accuracy"] = float(meta["test_accuracy"]) if meta["test_accuracy"] else None
+    accuracy = meta.get(MetadataKey.TEST_ACCURACY)
+    if accuracy is not None:
+        meta[MetadataKey.TEST_ACCURACY] = float(accuracy) if accuracy else None
     return meta

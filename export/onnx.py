@@ -34,13 +34,14 @@ from pathlib import Path
 import onnx
 import torch
 
+from common.contract import NO_TTA
+from common.files import write_bytes, write_json
 from export import ExportError, ParityError
-from export.files import write_bytes_atomic, write_json_atomic
 from export.graph import DEFAULT_OPSET, check_graph, export_graph
-from export.images import first_test_images, load_data, random_images
 from export.metadata import build_metadata, set_metadata
 from export.parity import MAX_PROB_DIFF, MIN_TOP1_AGREEMENT, measure_parity, summary
-from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from export.sample_images import first_test_images, load_data, random_images
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, recipe_tta
 from training.data import DataError
 from training.tta import TTA_MODES, with_tta
 
@@ -49,15 +50,14 @@ NO_DATA_MESSAGE = ("no CIFAR-10 data (pass --data PATH or set CIFAR10_DATA): "
                    "parity is checked on random images and edge inputs only")
 
 
-def default_out_path(arch: str) -> Path:
-    return Path("weights") / f"{arch}.onnx"
+def default_out_path(name: str) -> Path:
+    return Path("weights") / f"{name}.onnx"
 
 
 def report_path(out_path: str | os.PathLike, suffix: str = ".parity.json") -> Path:
     """``weights/x.onnx`` -> ``weights/x.parity.json``."""
     out_path = Path(out_path)
-    stem = out_path.name[:-len(".onnx")] if out_path.name.endswith(".onnx") else out_path.name
-    return out_path.with_name(stem + suffix)
+    return out_path.with_name(out_path.name.removesuffix(".onnx") + suffix)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -90,7 +90,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     if tta is not None:
         check_tta(tta)
     ckpt = load_checkpoint(ckpt_path)
-    tta = check_tta(checkpoint_tta(ckpt)) if tta is None else tta
+    tta = check_tta(recipe_tta(ckpt)) if tta is None else tta
     model = with_tta(model_from_checkpoint(ckpt), tta)
     out_path = Path(out_path) if out_path else default_out_path(ckpt["arch"])
     opset = DEFAULT_OPSET if opset is None else opset
@@ -113,10 +113,10 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
                             max_prob_diff=max_prob_diff, min_top1_agreement=min_top1_agreement)
     report = {"arch": ckpt["arch"], "checkpoint": str(ckpt_path), "model": str(out_path),
               "source_checkpoint_sha256": file_sha256(ckpt_path), "opset": opset,
-              **({"tta": tta} if tta != "none" else {}), **parity}
+              **({"tta": tta} if tta != NO_TTA else {}), **parity}
     if not parity["passed"]:
         failed = report_path(out_path, ".parity-failed.json")
-        write_json_atomic(failed, report)
+        write_json(failed, report)
         raise ParityError(f"{summary(parity)}; {out_path} not written, figures in {failed}", report)
 
     set_metadata(proto, build_metadata(
@@ -127,8 +127,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     # What is written must be what was measured plus metadata, nothing else: compare the graphs as stored.
     if onnx.load_from_string(final).graph != onnx.load_from_string(measured).graph:
         raise ExportError("internal error: the graph changed after the parity check")
-    write_bytes_atomic(out_path, final)
-    write_json_atomic(report_path(out_path), report)
+    write_bytes(out_path, final)
+    write_json(report_path(out_path), report)
     report_path(out_path, ".parity-failed.json").unlink(missing_ok=True)  # an earlier failure is now moot
     log(f"{summary(parity)} -> {out_path}")
 
@@ -143,7 +143,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
         report["triton"] = str(write_triton_repository(triton_repo, out_path, max_batch_size=triton_max_batch))
         log(f"triton model repository entry -> {report['triton']}")
     if int8 or triton_repo:
-        write_json_atomic(report_path(out_path), report)
+        write_json(report_path(out_path), report)
     return report
 
 
@@ -151,12 +151,6 @@ def check_tta(mode: str) -> str:
     if mode not in TTA_MODES:
         raise ExportError(f"--tta must be one of {', '.join(TTA_MODES)}, not {mode!r}")
     return mode
-
-
-def checkpoint_tta(ckpt: dict) -> str:
-    """The TTA mode a checkpoint's recipe asks for (its ``tta`` key), else "none"."""
-    recipe = ckpt.get("recipe")
-    return str(recipe.get("tta") or "none") if isinstance(recipe, dict) else "none"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,18 +1,29 @@
-"""``python -m export.package RUN [RUN ...] --data PATH``: trained runs -> the service's ``weights/``.
+"""``python -m export.package RUN[:NAME] ... --data PATH``: trained runs -> the service's ``weights/``.
 
-For each run (a training output folder, whose ``best.pt`` is taken, or a checkpoint file):
+Each RUN (a training output folder, whose ``best.pt`` is taken, or a checkpoint file) ships under a
+NAME: the model's name in the service (its file names) and its key in the manifest. NAME defaults to
+the run's architecture; ``RUN:NAME`` gives another, so that two recipes of one network ship side by
+side instead of the second overwriting the first::
 
-1. ``weights/<model>.pt``: the checkpoint without optimizer, scheduler and RNG state (fp32 weights,
+    python -m export.package .runs/dwsep_onecycle_full .runs/dwsep_step:dwsep_step --data $D
+
+A NAME is letters, digits, ``_`` and ``-``; the text after a RUN's last ``:`` is taken as its NAME
+when it is one, so a run path that itself contains ``:`` is given with a NAME. Two runs of one
+invocation cannot share a NAME. For each run:
+
+1. ``weights/<NAME>.pt``: the checkpoint without optimizer, scheduler and RNG state (fp32 weights,
    metadata, metrics), loadable with ``torch.load(..., weights_only=True)``;
-2. ``weights/<model>.onnx``: exported from that file with ``export.onnx`` (parity on all test images),
+2. ``weights/<NAME>.onnx``: exported from that file with ``export.onnx`` (parity on all test images),
    with test-time augmentation inside the graph if ``--tta`` (all runs given) or the run's recipe
    (its ``tta`` key) asks for it, else none;
 3. test accuracy and per-class accuracy of the ONNX file on the whole test split, and its CPU
    throughput with onnxruntime;
-4. an entry in ``weights/MANIFEST.json`` (entries of other models are kept);
+4. the entry ``NAME`` in ``weights/MANIFEST.json``, which records the run's architecture (``arch``)
+   and recipe (``recipe_name``, ``recipe``); entries of other names are kept;
 5. the run's evidence (``metrics.jsonl`` and its loss/accuracy/LR/confusion PNGs) copied to
    ``docs/runs/<run folder name>/``, so the curves the README shows come from the run that made the weights.
 
+Paths in the manifest (the run's command, its evidence folder) are relative to the repository.
 The manifest's ``default_model`` (what the service loads by default) is the most accurate model
 whose CPU throughput is at least ``--min-default-images-per-s``, unless ``--default`` names one.
 """
@@ -32,16 +43,25 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from common.files import write_json
+from common.paths import repo_relative, repo_relative_command
 from export import ExportError
-from export.evaluate import EvaluationError, evaluate_model
-from export.files import write_json_atomic
 from export.onnx import check_tta, export_checkpoint, file_sha256
+from export.onnx_accuracy import EvaluationError, measure_onnx_accuracy
 from export.quantize import images_per_second
-from training.checkpoint import CheckpointError, atomic_save, load_checkpoint, model_from_checkpoint
+from training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    RunArgs,
+    atomic_save,
+    load_checkpoint,
+    model_from_checkpoint,
+    without_training_state,
+)
 from training.data import DataError, load_cifar10
 from training.models import count_parameters
 
-TRAINING_STATE = ("optimizer", "scheduler", "rng", "lookahead")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 DATASET = "CIFAR-10, JPEG-q75 copy (../shared/data/cifar10-jpeg.tar.gz), 10,000 test images"
 MAX_FILE_BYTES = 16 * 2**20
 THROUGHPUT_IMAGES = 2048
@@ -54,6 +74,26 @@ def checkpoint_of(run: str | os.PathLike) -> Path:
     return run / "best.pt" if run.is_dir() else run
 
 
+def split_run_name(spec: str) -> tuple[str, str | None]:
+    """``RUN:NAME`` -> (RUN, NAME); a bare RUN -> (RUN, None), to be named after its architecture."""
+    run, colon, name = spec.rpartition(":")
+    return (run, name) if colon and run and NAME.fullmatch(name) else (spec, None)
+
+
+def named_runs(specs: list[str]) -> list[tuple[str, str]]:
+    """(RUN, NAME) for each command-line RUN[:NAME], unnamed runs named after their architecture."""
+    runs = []
+    for spec in specs:
+        run, name = split_run_name(spec)
+        runs.append((run, name or load_checkpoint(checkpoint_of(run))["arch"]))
+    names = [name for _, name in runs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ExportError(f"two runs would ship as {', '.join(repeated)}: give one of them another name "
+                          "with RUN:NAME")
+    return runs
+
+
 def copy_run_evidence(run_dir: Path, docs: Path) -> str:
     """Copy a run's metrics and plots to ``docs``; returns the folder, or "" when the run left none."""
     found = [run_dir / name for name in RUN_EVIDENCE if (run_dir / name).exists()]
@@ -62,22 +102,21 @@ def copy_run_evidence(run_dir: Path, docs: Path) -> str:
     docs.mkdir(parents=True, exist_ok=True)
     for path in found:
         shutil.copyfile(path, docs / path.name)
-    return docs.as_posix()
+    return repo_relative(docs)
 
 
-def package_run(run: str | os.PathLike, weights: Path, data: str | None, command: str | None = None,
+def package_run(run: str | os.PathLike, name: str, weights: Path, data: str | None, command: str | None = None,
                 docs: Path | None = None, tta: str | None = None) -> dict:
+    """Ship ``run`` as ``weights/<name>.pt`` and ``.onnx``; return its manifest entry."""
     source = checkpoint_of(run)
     ckpt = load_checkpoint(source)
     # best.pt stops at the selected epoch; the run's last.pt knows how far training went.
     last_path = source.with_name("last.pt")
     last = load_checkpoint(last_path) if last_path.exists() and last_path != source else ckpt
-    arch = ckpt["arch"]
-    slim = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
-    pt_path, onnx_path = weights / f"{arch}.pt", weights / f"{arch}.onnx"
-    atomic_save(slim, pt_path)
+    pt_path, onnx_path = weights / f"{name}.pt", weights / f"{name}.onnx"
+    atomic_save(without_training_state(ckpt), pt_path)
     parity = export_checkpoint(pt_path, onnx_path, data=data, tta=tta)
-    evaluation = evaluate_model(onnx_path, data)
+    evaluation = measure_onnx_accuracy(onnx_path, data)
     for path in (pt_path, onnx_path):
         if path.stat().st_size >= MAX_FILE_BYTES:
             raise ExportError(f"{path} is {path.stat().st_size / 2**20:.1f} MiB, over the 16 MiB limit")
@@ -85,8 +124,10 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
     test_images = load_cifar10(data).test_images
     timing = test_images[np.arange(THROUGHPUT_IMAGES) % len(test_images)]
     metrics = last.get("metrics", [])
-    run_command = ckpt.get("args", {}).get("command") or command or ""
+    run_args = RunArgs.of(ckpt)
+    run_command = run_args.command or command or ""
     return {
+        "arch": ckpt["arch"],
         "onnx": onnx_path.name, "onnx_sha256": file_sha256(onnx_path),
         "checkpoint": pt_path.name, "checkpoint_sha256": file_sha256(pt_path),
         "parity": {k: parity[k] for k in ("source", "images", "max_abs_diff_logits", "max_abs_diff_probabilities",
@@ -101,11 +142,10 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
         "recipe_name": recipe_name(ckpt, run_command),
         "run_evidence": copy_run_evidence(source.parent, docs / source.parent.name) if docs else "",
         "recipe": ckpt["recipe"],
-        "command": run_command,
+        "command": repo_relative_command(run_command),
         "torch_version": ckpt.get("torch_version"), "device_name": ckpt.get("device_name", "cpu"),
-        # Runs from before --precision trained in fp32 ("amp" false) with every CPU thread.
-        "precision": ckpt.get("args", {}).get("precision", "bf16" if ckpt.get("args", {}).get("amp") else "fp32"),
-        "threads": ckpt.get("args", {}).get("threads"),
+        "precision": run_args.precision,
+        "threads": run_args.threads,  # None: a run from before --threads, on every CPU thread
         "train_seconds": round(sum(m.get("epoch_seconds", 0.0) for m in metrics), 1),
         "cpu_images_per_s": round(images_per_second(session, timing), 1),
         "cpu_throughput_note": f"onnxruntime CPUExecutionProvider, batches of 64, {os.cpu_count()} cores, "
@@ -114,9 +154,9 @@ def package_run(run: str | os.PathLike, weights: Path, data: str | None, command
     }
 
 
-def recipe_name(ckpt: dict, command: str) -> str:
+def recipe_name(ckpt: Checkpoint, command: str) -> str:
     """The named recipe a run used: recorded by training, else read off its command, else the documented one."""
-    recorded = ckpt.get("args", {}).get("recipe_name")
+    recorded = RunArgs.of(ckpt).recipe_name
     if recorded:
         return recorded
     match = re.search(r"--recipe[ =](\S+)", command)
@@ -131,7 +171,9 @@ def choose_default(models: dict, min_images_per_s: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.package", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="training output folders (their best.pt) or checkpoint files")
+    p.add_argument("runs", nargs="+", metavar="RUN[:NAME]",
+                   help="training output folders (their best.pt) or checkpoint files, each optionally with the "
+                        "name it ships under (default: its architecture)")
     p.add_argument("--data", help="CIFAR-10 source (default $CIFAR10_DATA)")
     p.add_argument("--weights", default="weights", help="the folder the service loads")
     p.add_argument("--command", help="the training command, for checkpoints that do not record it")
@@ -148,11 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.tta is not None:
             check_tta(args.tta)
-        for run in args.runs:
-            arch = load_checkpoint(checkpoint_of(run))["arch"]
-            manifest["models"][arch] = package_run(run, weights, args.data, args.command, Path(args.docs), args.tta)
-            entry = manifest["models"][arch]
-            print(f"{arch}: test accuracy {100 * entry['test_accuracy']:.2f}% after {entry['epochs']} epochs "
+        for run, name in named_runs(args.runs):
+            entry = package_run(run, name, weights, args.data, args.command, Path(args.docs), args.tta)
+            manifest["models"][name] = entry
+            shown = name if name == entry["arch"] else f"{name} ({entry['arch']})"
+            print(f"{shown}: test accuracy {100 * entry['test_accuracy']:.2f}% after {entry['epochs']} epochs "
                   f"(epoch {entry['selected_epoch']} selected on {entry['selected_on']}), "
                   f"{entry['cpu_images_per_s']:,.0f} images/s on CPU"
                   f"{'' if entry['tta'] == 'none' else ', TTA ' + entry['tta'] + ' in the graph'} "
@@ -167,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest["default_rule"] = ("named with --default" if args.default else
                                 f"most accurate model with >= {args.min_default_images_per_s:g} CPU images/s")
     manifest["torch_used_for_packaging"] = str(torch.__version__)
-    write_json_atomic(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     print(f"default model: {manifest['default_model']}; wrote {manifest_path}")
     return 0
 

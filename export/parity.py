@@ -20,8 +20,9 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
+from common.contract import INPUT_NAME, OUTPUTS
+from common.text import first_line
 from export import ExportError
-from export.graph import INPUT, OUTPUTS
 from training.data import DeviceLoader
 
 MAX_PROB_DIFF = 1e-5
@@ -43,7 +44,7 @@ def edge_inputs(images: np.ndarray) -> dict[str, np.ndarray]:
 def onnx_outputs(session: ort.InferenceSession, images: np.ndarray,
                  batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """(logits, probabilities) of an ONNX session over ``images`` in batches of ``batch_size``."""
-    parts = [session.run(list(OUTPUTS), {INPUT: np.ascontiguousarray(images[i:i + batch_size])})
+    parts = [session.run(list(OUTPUTS), {INPUT_NAME: np.ascontiguousarray(images[i:i + batch_size])})
              for i in range(0, len(images), batch_size)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -86,8 +87,7 @@ def measure_parity(model: nn.Module, mean, std, onnx_model: bytes | str | os.Pat
     try:
         session = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NotImplemented share no useful base class
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"onnxruntime cannot load the exported graph: {first_line}") from None
+        raise ExportError(f"onnxruntime cannot load the exported graph: {first_line(exc)}") from None
     cases = {"images": images, **edge_inputs(images)}
     figures: dict[str, dict] = {}
     for name, batch in cases.items():

@@ -26,12 +26,13 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from common.contract import INPUT_NAME, LOGITS, MetadataKey
+from common.files import temp_path, write_bytes
 from export import ExportError
-from export.evaluate import predict
-from export.files import temp_path, write_bytes_atomic
-from export.images import calibration_images as draw_calibration_images
-from export.images import first_test_images
 from export.metadata import set_metadata
+from export.onnx_accuracy import predict
+from export.sample_images import calibration_images as draw_calibration_images
+from export.sample_images import first_test_images
 from training.data import Cifar10
 
 CALIBRATION_BATCH = 64
@@ -47,14 +48,13 @@ class ImageReader(CalibrationDataReader):
 
     def get_next(self) -> dict | None:
         batch = next(self.batches, None)
-        return None if batch is None else {"image": batch}
+        return None if batch is None else {INPUT_NAME: batch}
 
 
 def int8_path(fp32_path: str | os.PathLike) -> Path:
     """``weights/x.onnx`` -> ``weights/x.int8.onnx``."""
     p = Path(fp32_path)
-    stem = p.name[:-len(".onnx")] if p.name.endswith(".onnx") else p.name
-    return p.with_name(stem + ".int8.onnx")
+    return p.with_name(p.name.removesuffix(".onnx") + ".int8.onnx")
 
 
 def quantize_file(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: np.ndarray) -> None:
@@ -70,7 +70,7 @@ def quantize_file(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
 
 def images_per_second(session: ort.InferenceSession, images: np.ndarray, repeats: int = 3) -> float:
     """Best of ``repeats`` timed passes over ``images`` in batches of THROUGHPUT_BATCH (after a warm-up)."""
-    session.run(["logits"], {"image": images[:THROUGHPUT_BATCH]})
+    session.run([LOGITS], {INPUT_NAME: images[:THROUGHPUT_BATCH]})
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -123,9 +123,9 @@ def quantize_model(fp32_path: str | os.PathLike, cifar: Cifar10, *, calibration_
             return figures
         proto = onnx.load(str(tmp))
         meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
-        meta["quantization"] = json.dumps(figures, sort_keys=True)
+        meta[MetadataKey.QUANTIZATION] = json.dumps(figures, sort_keys=True)
         set_metadata(proto, meta)
-        write_bytes_atomic(out, proto.SerializeToString())
+        write_bytes(out, proto.SerializeToString())
         log(f"{line} -> {out}")
         return figures
     finally:

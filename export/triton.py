@@ -19,8 +19,9 @@ from pathlib import Path
 
 import onnx
 
+from common.contract import PROBABILITIES, MetadataKey
+from common.files import write_bytes
 from export import ExportError
-from export.files import write_bytes_atomic
 
 # ONNX element type -> Triton data type, for the types an exported model can have at its edges.
 TRITON_TYPES = {
@@ -30,14 +31,13 @@ TRITON_TYPES = {
     onnx.TensorProto.INT64: "TYPE_INT64",
 }
 LABELS_FILE = "labels.txt"
-LABELLED_OUTPUT = "probabilities"  # Triton's classification extension reads labels for this output
+LABELLED_OUTPUT = PROBABILITIES  # Triton's classification extension reads labels for this output
 MAX_QUEUE_DELAY_US = 2000  # a request waits at most 2 ms for others to batch with
 
 
 def model_name(onnx_path: str | os.PathLike) -> str:
     """Triton model name from the file name: ``weights/dwsep.onnx`` -> ``dwsep``."""
-    name = Path(onnx_path).name
-    name = name[:-len(".onnx")] if name.endswith(".onnx") else name
+    name = Path(onnx_path).name.removesuffix(".onnx")
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
@@ -83,12 +83,12 @@ def write_triton_repository(repo: str | os.PathLike, onnx_path: str | os.PathLik
     raw = Path(onnx_path).read_bytes()
     proto = onnx.load_from_string(raw)
     meta = {p.key: p.value for p in proto.metadata_props}
-    if "classes" not in meta:
+    if MetadataKey.CLASSES not in meta:
         raise ExportError(f"{onnx_path} has no 'classes' metadata; export it with python -m export.onnx")
     name = name or model_name(onnx_path)
     folder = Path(repo) / name
     config = triton_config(proto, name, max_batch_size)
-    write_bytes_atomic(folder / "1" / "model.onnx", raw)
-    write_bytes_atomic(folder / LABELS_FILE, ("\n".join(json.loads(meta["classes"])) + "\n").encode())
-    write_bytes_atomic(folder / "config.pbtxt", config.encode())
+    write_bytes(folder / "1" / "model.onnx", raw)
+    write_bytes(folder / LABELS_FILE, ("\n".join(json.loads(meta[MetadataKey.CLASSES])) + "\n").encode())
+    write_bytes(folder / "config.pbtxt", config.encode())
     return folder

@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from export import ExportError, ParityError
-from export.evaluate import main as evaluate_main
 from export.onnx import export_checkpoint
 from export.onnx import main as export_main
+from export.onnx_accuracy import main as onnx_accuracy_main
 from export.parity import measure_parity
 from training.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
 from training.data import CLASSES
@@ -318,9 +318,9 @@ def test_int8_variant_is_scored_and_kept_only_within_the_drop(fresh_checkpoint, 
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_evaluate_reports_accuracy_of_the_file(exported, cifar, tmp_path, capsys):
+def test_onnx_accuracy_reports_accuracy_of_the_file(exported, cifar, tmp_path, capsys):
     ckpt, out, _ = exported("staged_baseline")
-    code = evaluate_main([str(out), "--data", os.fspath(cifar.source), "--limit", str(SLICE),
+    code = onnx_accuracy_main([str(out), "--data", os.fspath(cifar.source), "--limit", str(SLICE),
                           "--json", str(tmp_path / "eval.json")])
     stdout = capsys.readouterr().out
     assert code == 0
@@ -332,5 +332,5 @@ def test_evaluate_reports_accuracy_of_the_file(exported, cifar, tmp_path, capsys
     for i, name in enumerate(CLASSES):
         assert result["per_class_accuracy"][name] == pytest.approx(float((logits.argmax(1)[labels == i] == i).mean()))
     assert f"test accuracy {100 * result['accuracy']:.2f}% on {SLICE} images" in stdout
-    assert evaluate_main([str(tmp_path / "missing.onnx"), "--data", os.fspath(cifar.source)]) == 2
+    assert onnx_accuracy_main([str(tmp_path / "missing.onnx"), "--data", os.fspath(cifar.source)]) == 2
     assert capsys.readouterr().err.startswith("error: model not found")

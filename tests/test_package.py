@@ -5,18 +5,25 @@ import json
 
 import pytest
 
+from common.paths import REPO_ROOT
+from export.metadata import read_metadata
 from export.package import main as package_main
+from export.package import split_run_name
 from training.checkpoint import load_checkpoint
 from training.run import main as run_main
+
+
+def short_run(data_archive, out, *recipe) -> None:
+    code = run_main(["--model", "tutorial", *recipe, "--data", str(data_archive), "--limit", "1000",
+                     "--val-size", "500", "--eval-limit", "500", "--epochs", "2", "--batch-size", "32",
+                     "--out", str(out), "--no-progress"])
+    assert code == 0
 
 
 @pytest.fixture(scope="module")
 def finished_run(data_archive, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "tutorial"
-    code = run_main(["--model", "tutorial", "--data", str(data_archive), "--limit", "1000", "--val-size", "500",
-                     "--eval-limit", "500", "--epochs", "2", "--batch-size", "32", "--out", str(out),
-                     "--no-progress"])
-    assert code == 0
+    short_run(data_archive, out)
     return out
 
 
@@ -37,7 +44,7 @@ def test_package_writes_weights_manifest_and_curves(finished_run, data_archive, 
     assert not {"optimizer", "scheduler", "rng"} & set(slim)
     assert slim["epoch"] == entry["selected_epoch"]
     evidence = docs / "tutorial"
-    assert entry["run_evidence"] == evidence.as_posix()
+    assert (REPO_ROOT / entry["run_evidence"]).resolve() == evidence.resolve()  # recorded relative to the repo
     assert (evidence / "metrics.jsonl").read_text() == (finished_run / "metrics.jsonl").read_text()
     assert (evidence / "accuracy.png").stat().st_size > 0
 
@@ -51,3 +58,37 @@ def test_package_of_a_non_checkpoint_is_one_line_and_writes_nothing(tmp_path, da
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert list(weights.iterdir()) == []
+
+
+def test_two_runs_of_one_architecture_ship_side_by_side_under_their_names(finished_run, data_archive, tmp_path,
+                                                                          tmp_path_factory):
+    tuned = tmp_path_factory.mktemp("run") / "tutorial_tuned"
+    short_run(data_archive, tuned, "--recipe", "tutorial_tuned")
+    weights, docs = tmp_path / "weights", tmp_path / "docs"
+    assert package_main([str(finished_run), f"{tuned}:tutorial_tuned", "--data", str(data_archive),
+                         "--weights", str(weights), "--docs", str(docs)]) == 0
+
+    models = json.loads((weights / "MANIFEST.json").read_text())["models"]
+    assert sorted(models) == ["tutorial", "tutorial_tuned"]
+    for name, recipe in (("tutorial", "tutorial"), ("tutorial_tuned", "tutorial_tuned")):
+        entry = models[name]
+        assert entry["arch"] == "tutorial" and entry["recipe_name"] == recipe
+        assert (entry["onnx"], entry["checkpoint"]) == (f"{name}.onnx", f"{name}.pt")
+        assert read_metadata(weights / entry["onnx"])["arch"] == "tutorial"
+        assert load_checkpoint(weights / entry["checkpoint"])["recipe"]["epochs"] == 2
+    assert models["tutorial"]["onnx_sha256"] != models["tutorial_tuned"]["onnx_sha256"]
+
+
+def test_two_runs_under_one_name_are_refused_before_anything_is_written(fresh_checkpoint, tmp_path, capsys):
+    ckpt = str(fresh_checkpoint("tutorial"))
+    weights = tmp_path / "weights"
+    assert package_main([ckpt, f"{ckpt}:tutorial", "--weights", str(weights)]) == 2
+    assert "two runs would ship as tutorial" in capsys.readouterr().err
+    assert not weights.exists()
+
+
+def test_a_run_is_named_by_the_text_after_its_last_colon_when_that_is_a_name():
+    assert split_run_name("runs/a") == ("runs/a", None)
+    assert split_run_name("runs/a:dwsep_step") == ("runs/a", "dwsep_step")
+    assert split_run_name("runs/x:y:alt-1") == ("runs/x:y", "alt-1")
+    assert split_run_name("runs/x:y/best.pt") == ("runs/x:y/best.pt", None)  # not a name: part of the path

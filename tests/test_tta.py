@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from export.evaluate import main as export_evaluate_main
 from export.graph import export_graph
 from export.onnx import export_checkpoint
 from export.onnx import main as export_main
+from export.onnx_accuracy import main as onnx_accuracy_main
 from export.package import main as package_main
 from training.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
 from training.evaluate import main as evaluate_main
@@ -169,9 +169,9 @@ def test_recipe_tta_key_is_used_when_no_flag_is_given(fresh_checkpoint, tmp_path
     assert "tta" not in overridden
 
 
-def test_export_evaluate_reports_the_mode(tta_export, cifar, tmp_path, capsys):
-    code = export_evaluate_main([str(tta_export), "--data", str(cifar.source), "--limit", "32",
-                                 "--json", str(tmp_path / "e.json")])
+def test_onnx_accuracy_reports_the_mode(tta_export, cifar, tmp_path, capsys):
+    code = onnx_accuracy_main([str(tta_export), "--data", str(cifar.source), "--limit", "32",
+                               "--json", str(tmp_path / "e.json")])
     assert code == 0
     assert "(TTA flip_translate, in the graph)" in capsys.readouterr().out
     assert json.loads((tmp_path / "e.json").read_text())["tta"] == "flip_translate"

@@ -39,17 +39,17 @@ def test_files_match_the_manifest_and_fit_16_mib(name):
         assert path.stat().st_size < 16 * 2**20
         assert sha256(path) == entry[hash_key], f"{path} changed since it was packaged"
     ckpt = load_checkpoint(WEIGHTS / entry["checkpoint"])  # weights_only=True inside
-    assert ckpt["arch"] == name and "optimizer" not in ckpt
+    assert ckpt["arch"] == entry["arch"] and "optimizer" not in ckpt
     assert count_parameters(model_from_checkpoint(ckpt)) == entry["parameters"]
     meta = read_metadata(WEIGHTS / entry["onnx"])
-    assert meta["arch"] == name
+    assert meta["arch"] == entry["arch"]
     assert meta["source_checkpoint_sha256"] == entry["checkpoint_sha256"]  # exported from the shipped .pt
     assert meta["parity"]["passed"] and meta["parity"]["images"] == 10_000
     assert entry["epochs"] <= entry["epochs_planned"]
     assert entry["complete"] == (entry["epochs"] == entry["epochs_planned"])
     for key in ("command", "torch_version", "device_name", "train_seconds", "date", "recipe", "per_class_accuracy"):
         assert entry[key], key
-    assert entry["recipe_name"] in RECIPES and RECIPES[entry["recipe_name"]].model == name
+    assert entry["recipe_name"] in RECIPES and RECIPES[entry["recipe_name"]].model == entry["arch"]
 
 
 @pytest.mark.parametrize("name", MODELS)

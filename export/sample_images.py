@@ -1,4 +1,4 @@
-"""Which images the export steps run on: real CIFAR-10 when it is available, random pixels otherwise.
+"""Sampling the images the export steps run on: real CIFAR-10 when it is available, random pixels otherwise.
 
 Parity and accuracy use the first N images of the test split (the loaders keep the source's order,
 which interleaves the classes); int8 calibration uses a seeded random sample of the training split,
@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from common.contract import IMAGE_SHAPE
 from training.data import Cifar10, load_cifar10
 
 
@@ -33,7 +34,7 @@ def first_test_images(cifar: Cifar10, limit: int | None) -> tuple[np.ndarray, np
 
 def random_images(n: int, seed: int = 0) -> np.ndarray:
     """(n, 32, 32, 3) uint8 uniform noise: the fallback when no real images are available."""
-    return np.random.default_rng(seed).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *IMAGE_SHAPE), dtype=np.uint8)
 
 
 def calibration_images(cifar: Cifar10, n: int, seed: int = 0) -> np.ndarray:
