@@ -14,8 +14,8 @@ sample and reports the median. Speed does not depend on the pixel values, so no 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.files import write_json
+from common.paths import repo_relative_command
 from training.models import create_model
 from training.models.whitened_vgg import ACTIVATIONS
 
@@ -109,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         for per in results[model_name].values():
             fp32, bf16 = per["fp32"]["images_per_s_median"], per["bf16"]["images_per_s_median"]
             per["bf16_speedup"] = round(bf16 / fp32, 2)
+    command = ["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
     report = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+        "command": repo_relative_command(shlex.join(command)),
         "what": "training images/s (forward + cross-entropy + backward + SGD-Nesterov step), channels_last, "
                 "random inputs; bf16 = torch.autocast('cpu', bfloat16) around the forward pass, fp32 weights",
         "torch_version": str(torch.__version__),
@@ -124,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report, sort_keys=False)
     for model_name, per_model in results.items():
         print(f"{model_name}: median images/s (fp32 / bf16 / bf16 speed-up)")
         for a, per in per_model.items():

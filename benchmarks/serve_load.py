@@ -28,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -41,7 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serving.config import default_intra_op_threads, usable_cpus  # noqa: E402  (the checkout's package, not an installed copy)
+from common.files import write_json  # noqa: E402  (the checkout's packages, not an installed copy)
+from common.paths import repo_relative, repo_relative_command  # noqa: E402
+from serving.config import default_intra_op_threads, usable_cpus  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -406,14 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "serve_load",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python benchmarks/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": repo_relative_command(shlex.join(["python", "benchmarks/serve_load.py",
+                                                     *(sys.argv[1:] if argv is None else argv)])),
         "machine": {"usable_cpus": usable_cpus(), "platform": platform.platform(),
                     "python": platform.python_version(), "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "service": {"workers": workers, "worker_class": env.get("WORKER_CLASS", "gthread"),
                     "threads": int(env.get("THREADS", "1")),
                     "intra_op_threads": int(env.get("INTRA_OP_THREADS", default_intra_op_threads(workers))),
                     "model": model, "arch": info.get("arch"), "model_sha256": info.get("sha256")},
-        "images": {"count": len(images), "source": str(args.data), "upscaled_to": args.upscale,
+        "images": {"count": len(images), "source": repo_relative(args.data), "upscaled_to": args.upscale,
                    "mean_bytes": round(sum(map(len, images)) / len(images))},
         "start_to_first_prediction_s": round(first_prediction_s, 3),
         "levels": levels,
@@ -426,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": "client processes, gunicorn and the bare loop share the same cores; loadavg_1m_before shows "
                 "how busy the machine was when each measurement started",
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, sort_keys=False)
     print(f"wrote {args.out}")
     return 0
 

@@ -17,10 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common.files import write_json
+from common.paths import REPO_ROOT as ROOT
+from common.paths import repo_relative_command
+
 THRESHOLDS = (0.80, 0.85, 0.87, 0.90, 0.93, 0.94)
 
 
@@ -62,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
                         else f"{'-':>10}" for t in THRESHOLDS)
         print(f"{r['run']:<24}{r['final_test_acc']:>8.2%}{cells}   {r['setting']}")
     report = {"what": "training-loop seconds until the test accuracy (TTA where measured) first reached each "
-                      "threshold; final = the last epoch's", "command": "python benchmarks/time_to_accuracy.py "
-              + " ".join(args.runs), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "threshold; final = the last epoch's",
+              "command": repo_relative_command(shlex.join(["python", "benchmarks/time_to_accuracy.py", *args.runs])),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "runs": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report, sort_keys=False)
     print(f"wrote {out}")
     return 0
 

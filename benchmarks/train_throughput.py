@@ -24,7 +24,6 @@ or AVX512-BF16), into ``benchmarks/results/train_precision_<device>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -36,6 +35,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from common.files import write_json
+from common.paths import repo_relative_command
 from training.data import DeviceLoader, channel_stats, load_cifar10
 from training.engine import autocast, build_optimizer, build_scheduler
 from training.hardware import cpu_bf16_units, set_threads
@@ -235,9 +236,9 @@ def main_precision(args, device: torch.device, images, labels) -> None:
 
 
 def _command(args) -> str:
-    return "python benchmarks/train_throughput.py " + " ".join(
+    return repo_relative_command("python benchmarks/train_throughput.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if v is not None and k != "out")
+        for k, v in vars(args).items() if v is not None and k != "out"))
 
 
 def _device_name(device: torch.device) -> str:
@@ -248,8 +249,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def write_report(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report, sort_keys=False)
     print(f"wrote {out}")
 
 
