@@ -20,6 +20,7 @@ WORKDIR /app
 
 COPY pyproject.toml README.md constraints.txt ./
 COPY serving ./serving
+COPY common ./common
 RUN python -m pip install --quiet -c constraints.txt . \
     && useradd --system --uid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
 COPY weights ./weights
