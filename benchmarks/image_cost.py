@@ -3,16 +3,16 @@
     python benchmarks/image_cost.py [--before REF] [--only NAME ...] [--max-pixels 64000000]
 
 1. Builds worst-case files for every accepted format at the limits (MAX_IMAGE_PIXELS, the 10 MiB
-   upload, ``serving.images.MAX_DECODE_BYTES``): the largest images each format may decode, the same
+   upload, ``serving.uploads.MAX_DECODE_BYTES``): the largest images each format may decode, the same
    formats just beyond the memory cap, and the hostile files that were found against the service (an
    ICO holding a 169-megapixel PNG, a 62 KiB palette PNG of 64 megapixels, a TIFF of 2.4 million
    strips, a progressive JPEG, WebP, run-length BMP, plain-text PGM). Flat content keeps every file
    under the upload limit; memory does not depend on content, time somewhat does.
-2. Decodes each with ``serving.images.decode`` in a fresh subprocess and records the decode's wall
+2. Decodes each with ``serving.uploads.decode`` in a fresh subprocess and records the decode's wall
    time and its peak RSS increase: VmHWM (reset through /proc/self/clear_refs just before) minus the
    RSS before, so the figure is what the decode adds to a worker; and, from the module, the estimate
    it checked against the cap. With ``--before REF`` the same files are decoded by
-   ``serving/images.py`` as of that git revision too.
+   ``serving/uploads.py`` as of that git revision too.
 3. Writes ``benchmarks/results/image_cost.json``. Memory is the primary figure: times are wall
    clock on a shared machine.
 """
@@ -26,75 +26,31 @@ import io
 import json
 import os
 import platform
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the hostile files are built by the tests' own builders
+
+from hostile_images import (  # noqa: E402
+    bmp_rle8,
+    handmade_png,
+    icon_holding,
+    png_with_text_bomb,
+    tiff_of_one_row_strips,
+    transparent_palette,
+)
 
 MIB = 1024 * 1024
 UPLOAD_LIMIT = 10 * MIB  # MAX_UPLOAD_MB's default: a larger file never reaches the decoder
 
 
 # --- the files ----------------------------------------------------------------------------------
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def flat_png(width: int, height: int, color_type: int, depth: int = 8, palette: bool = False) -> bytes:
-    """A valid PNG of zero samples, compressed by zlib a row at a time (no full-size image in memory)."""
-    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color_type]
-    row = b"\x00" * (1 + (width * channels * depth + 7) // 8)
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    chunks = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0))
-    if palette:  # entry 0 transparent: the mode that was expanded to RGBA at full size
-        chunks += png_chunk(b"PLTE", bytes([255, 0, 0, 0, 0, 255])) + png_chunk(b"tRNS", b"\x00")
-    return b"\x89PNG\r\n\x1a\n" + chunks + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
-
-
-def png_with_text_bomb() -> bytes:
-    """A 32x32 PNG carrying 64 zTXt chunks that each inflate to 1 MB (Pillow's text limits)."""
-    text = png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * 1_000_000, 9))
-    plain = flat_png(32, 32, 2)
-    return plain[:33] + text * 64 + plain[33:]
-
-
-def icon_holding(png: bytes) -> bytes:
-    directory = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22)
-    return directory + png
-
-
-def tiff_of_one_row_strips(width: int, height: int) -> bytes:
-    """Uncompressed gray TIFF, one strip per row (all the same row), offsets and counts as SHORTs."""
-    row_at, tables_at = 8, 8 + width
-    offsets = struct.pack(f"<{height}H", *[row_at] * height)
-    counts = struct.pack(f"<{height}H", *[width] * height)
-    ifd_at = tables_at + len(offsets) + len(counts)
-    tags = [(256, 3, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-            (273, 3, height, tables_at), (277, 3, 1, 1), (278, 3, 1, 1), (279, 3, height, tables_at + len(offsets))]
-    entries = b"".join(struct.pack("<HHII", tag, kind, count, value) if kind == 4 or count > 2
-                       else struct.pack("<HHIHH", tag, kind, count, value, 0) for tag, kind, count, value in tags)
-    return (b"II*\x00" + struct.pack("<I", ifd_at) + b"\x00" * width + offsets + counts
-            + struct.pack("<H", len(tags)) + entries + b"\x00" * 4)
-
-
-def bmp_rle8(width: int, height: int, run: int) -> bytes:
-    """Run-length-encoded 8-bit BMP of runs of ``run`` pixels (1 = the most work per byte)."""
-    row = bytes([run, 1]) * (width // run) + b"\x00\x00"
-    body = row * height + b"\x00\x01"
-    palette = b"\x00\x00\x00\x00" + b"\xff\xff\xff\x00" * 255
-    offset = 14 + 40 + len(palette)
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(body), 0, 0, 256, 0)
-    return b"BM" + struct.pack("<IHHI", offset + len(body), 0, 0, offset) + info + palette + body
-
 
 def gradient(width: int, height: int, mode: str = "RGB"):
     """Smooth content: compresses well in lossy formats, unlike zeros it exercises their decoders."""
@@ -135,18 +91,19 @@ def cases(max_pixels: int, cap: int) -> list[tuple[str, str, Callable[[], bytes]
          lambda: encoded(gradient(limit, limit), "JPEG", quality=50, progressive=True, subsampling=0)),
         ("jpeg_progressive_444_max", f"progressive JPEG {prog444_max}x{prog444_max}, 4:4:4: the largest accepted",
          lambda: encoded(gradient(prog444_max, prog444_max), "JPEG", quality=50, progressive=True, subsampling=0)),
-        ("png_rgb_limit", f"RGB PNG {limit}x{limit}", lambda: flat_png(limit, limit, 2)),
-        ("png_rgb_max", f"RGB PNG {rgb_max}x{rgb_max}: the largest accepted", lambda: flat_png(rgb_max, rgb_max, 2)),
-        ("png_rgba_limit", f"RGBA PNG {limit}x{limit}", lambda: flat_png(limit, limit, 6)),
+        ("png_rgb_limit", f"RGB PNG {limit}x{limit}", lambda: handmade_png(limit, limit, 2)),
+        ("png_rgb_max", f"RGB PNG {rgb_max}x{rgb_max}: the largest accepted",
+         lambda: handmade_png(rgb_max, rgb_max, 2)),
+        ("png_rgba_limit", f"RGBA PNG {limit}x{limit}", lambda: handmade_png(limit, limit, 6)),
         ("png_rgba_max", f"RGBA PNG {rgb_max}x{rgb_max}: the largest accepted",
-         lambda: flat_png(rgb_max, rgb_max, 6)),
+         lambda: handmade_png(rgb_max, rgb_max, 6)),
         ("png_rgb16_max", f"16-bit RGB PNG {rgb_max}x{rgb_max} (stored as 8-bit RGB)",
-         lambda: flat_png(rgb_max, rgb_max, 2, depth=16)),
+         lambda: handmade_png(rgb_max, rgb_max, 2, depth=16)),
         ("png_palette_limit", f"palette PNG {limit}x{limit} with a transparent entry (the 62 KiB report)",
-         lambda: flat_png(limit, limit, 3, palette=True)),
-        ("png_gray_limit", f"8-bit gray PNG {limit}x{limit}", lambda: flat_png(limit, limit, 0)),
-        ("png_gray16_limit", f"16-bit gray PNG {limit}x{limit}", lambda: flat_png(limit, limit, 0, depth=16)),
-        ("png_bilevel_limit", f"1-bit PNG {limit}x{limit}", lambda: flat_png(limit, limit, 0, depth=1)),
+         lambda: handmade_png(limit, limit, 3, extra_chunks=transparent_palette())),
+        ("png_gray_limit", f"8-bit gray PNG {limit}x{limit}", lambda: handmade_png(limit, limit, 0)),
+        ("png_gray16_limit", f"16-bit gray PNG {limit}x{limit}", lambda: handmade_png(limit, limit, 0, depth=16)),
+        ("png_bilevel_limit", f"1-bit PNG {limit}x{limit}", lambda: handmade_png(limit, limit, 0, depth=1)),
         ("png_text_bomb", "32x32 PNG with 64 zTXt chunks of 1 MB each", png_with_text_bomb),
         ("gif_limit", f"GIF {limit}x{limit}", lambda: encoded(Image.new("P", (limit, limit)), "GIF")),
         ("webp_limit", f"lossy WebP {limit}x{limit}",
@@ -174,7 +131,7 @@ def cases(max_pixels: int, cap: int) -> list[tuple[str, str, Callable[[], bytes]
         ("pgm_plain_text", "plain-text PGM 2500x2000 (10 MB of '0 ')",
          lambda: b"P2\n2500 2000\n255\n" + b"0 " * 5_000_000),
         ("ico_png_169mp", "ICO holding a 13000x13000 PNG (the report)",
-         lambda: icon_holding(flat_png(13_000, 13_000, 2))),
+         lambda: icon_holding(handmade_png(13_000, 13_000, 2))),
     ]
 
 
@@ -252,8 +209,13 @@ def commit_of(ref: str) -> str:
 
 def module_at(ref: str, folder: Path) -> Path:
     path = folder / f"images_{commit_of(ref)}.py"
-    path.write_bytes(subprocess.run(["git", "show", f"{ref}:serving/images.py"], cwd=ROOT, check=True,
-                                    capture_output=True).stdout)
+    # serving/uploads.py was serving/images.py before the rename
+    for name in ("serving/uploads.py", "serving/images.py"):
+        shown = subprocess.run(["git", "show", f"{ref}:{name}"], cwd=ROOT, capture_output=True)
+        if shown.returncode == 0:
+            path.write_bytes(shown.stdout)
+            return path
+    raise SystemExit(f"image_cost: {ref} has no serving/uploads.py or serving/images.py")
     return path
 
 
@@ -266,7 +228,7 @@ def worst_decoded(results: list[dict], key: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-pixels", type=int, default=64_000_000, help="MAX_IMAGE_PIXELS")
-    parser.add_argument("--before", help="also decode with serving/images.py at this git revision")
+    parser.add_argument("--before", help="also decode with serving/uploads.py at this git revision")
     parser.add_argument("--only", nargs="*", help="case names to run (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "image_cost.json")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
@@ -278,7 +240,7 @@ def main() -> None:
 
     import PIL
 
-    from serving import images
+    from serving import uploads as images
     results = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -291,7 +253,7 @@ def main() -> None:
             file.write_bytes(data)
             row = {"name": name, "what": what, "file_bytes": len(data),
                    "over_upload_limit": len(data) > UPLOAD_LIMIT,
-                   "after": run_one(ROOT / "serving" / "images.py", file, args.max_pixels)}
+                   "after": run_one(ROOT / "serving" / "uploads.py", file, args.max_pixels)}
             if before:
                 row["before"] = run_one(before, file, args.max_pixels)
             file.unlink()

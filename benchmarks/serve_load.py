@@ -11,7 +11,7 @@
    otherwise (or with ``--client python``) each client is its own process with a minimal HTTP/1.1
    client.
 3. Stops the service and runs the bare loop: one process per usable core, each decoding, resizing
-   (``serving.images.decode``, the service's own preprocessing) and classifying one image per
+   (``serving.uploads.decode``, the service's own preprocessing) and classifying one image per
    ``session.run`` with one onnxruntime thread, with no HTTP at all.
 4. Writes everything to ``benchmarks/results/serve_load.json``; ``ratio`` is the best service
    throughput over the bare loop's.
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.files import write_json  # noqa: E402  (the checkout's packages, not an installed copy)
 from common.paths import repo_relative, repo_relative_command  # noqa: E402
-from serving.config import default_intra_op_threads, usable_cpus  # noqa: E402
+from serving.config import default_intra_op_threads, process_settings, usable_cpus  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -251,17 +251,18 @@ def _bare_worker(model_path: str, images: list[bytes], offset: int, start: float
     import numpy as np
     import onnxruntime as ort
 
-    from serving.images import decode
+    from common.contract import INPUT_NAME, PROBABILITIES
     from serving.models import session_options
+    from serving.uploads import decode
 
     session = ort.InferenceSession(model_path, sess_options=session_options(1), providers=["CPUExecutionProvider"])
     for data in images[:8]:  # warm-up
-        session.run(["probabilities"], {"image": decode(data, max_pixels)[np.newaxis]})
+        session.run([PROBABILITIES], {INPUT_NAME: decode(data, max_pixels)[np.newaxis]})
     done, i = 0, offset
     while time.perf_counter() < start:
         time.sleep(0.001)
     while time.perf_counter() < stop:
-        session.run(["probabilities"], {"image": decode(images[i % len(images)], max_pixels)[np.newaxis]})
+        session.run([PROBABILITIES], {INPUT_NAME: decode(images[i % len(images)], max_pixels)[np.newaxis]})
         i += 1
         done += 1
     results.put(done)
@@ -405,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = round(best / bare["images_per_s"], 3) if bare["images_per_s"] else None
     print(f"  best service throughput / bare loop = {ratio}", flush=True)
 
-    workers = int(env.get("WORKERS", usable_cpus()))
+    settings = process_settings(env)  # what gunicorn.conf.py made of the same environment
+    workers = settings["workers"]
     result = {
         "benchmark": "serve_load",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -413,8 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      *(sys.argv[1:] if argv is None else argv)])),
         "machine": {"usable_cpus": usable_cpus(), "platform": platform.platform(),
                     "python": platform.python_version(), "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "service": {"workers": workers, "worker_class": env.get("WORKER_CLASS", "gthread"),
-                    "threads": int(env.get("THREADS", "1")),
+        "service": {"workers": workers, "worker_class": settings["worker_class"],
+                    "threads": settings["threads"],
                     "intra_op_threads": int(env.get("INTRA_OP_THREADS", default_intra_op_threads(workers))),
                     "model": model, "arch": info.get("arch"), "model_sha256": info.get("sha256")},
         "images": {"count": len(images), "source": repo_relative(args.data), "upscaled_to": args.upscale,

@@ -5,6 +5,18 @@
 Needs only onnxruntime, Pillow, numpy, Flask, gunicorn and prometheus_client: never torch.
 Importing this package is cheap and does not import onnxruntime (the gunicorn master imports it
 for ``serving.config``, and onnxruntime must not be loaded in a process that forks workers).
+
+Where things are. A request passes through
+    worker.py (gunicorn's gevent worker with deadlines) -> request_context.py (request id, auth)
+    -> request_body.py + deadlines.py (body within size and time limits)
+    -> a protocol adapter: api.py (``/predict`` multipart or raw image; multipart.py parses)
+       or kserve.py (Open Inference Protocol v2 tensors)
+    -> inference.py, the one core both adapters call: uploads.py decodes each upload to 32x32 RGB,
+       models.py runs the ONNX model, top-k; metrics.py times each step.
+Errors become JSON in errors.py. Models come from model_files.py (MODELS_DIR's bytes, read once by
+the gunicorn master) and are checked against ``common.contract`` in models.py. config.py reads and
+validates every setting, gunicorn.conf.py and lifecycle.py run the processes (readiness, draining),
+openapi.py describes the API, web.py serves the page.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ import time
 import numpy as np
 from flask import current_app
 
-from serving import images, metrics
+from common.contract import PROBABILITIES
+from serving import metrics, uploads
 from serving.errors import ApiError
-from serving.models import PROBABILITIES, LoadedModel, ModelRegistry, UnknownModelError
+from serving.models import LoadedModel, ModelRegistry, UnknownModelError
 
 
 def registry() -> ModelRegistry:
@@ -35,22 +36,22 @@ def resolve_model(name: str | None) -> LoadedModel:
 _REJECTION_REASONS = {413: "too_large", 415: "unsupported_format"}
 
 
-def decode_upload(data: bytes, what: str, budget: images.PixelBudget | None = None) -> np.ndarray:
+def decode_upload(data: bytes, what: str, budget: uploads.PixelBudget | None = None) -> np.ndarray:
     """One upload as uint8 [32, 32, 3]; 400/413/415 naming ``what`` when it cannot be classified."""
     start = time.perf_counter()
     try:
-        array = images.decode(data, current_app.config["MAX_IMAGE_PIXELS"], budget=budget)
-    except images.ImageError as exc:
+        array = uploads.decode(data, current_app.config["MAX_IMAGE_PIXELS"], budget=budget)
+    except uploads.ImageError as exc:
         metrics.IMAGE_ERRORS.labels(_REJECTION_REASONS.get(exc.status, "undecodable")).inc()
         raise ApiError(exc.status, f"{what}: {exc}") from None
     metrics.DECODE_LATENCY.observe(time.perf_counter() - start)
     return array
 
 
-def preprocess(uploads: list[tuple[str, bytes]]) -> np.ndarray:
+def preprocess(files: list[tuple[str, bytes]]) -> np.ndarray:
     """[(description, bytes)] -> uint8 [n, 32, 32, 3], in order, within MAX_REQUEST_PIXELS decoded pixels in all."""
-    budget = images.PixelBudget(current_app.config["MAX_REQUEST_PIXELS"])
-    return np.stack([decode_upload(data, what, budget) for what, data in uploads])
+    budget = uploads.PixelBudget(current_app.config["MAX_REQUEST_PIXELS"])
+    return np.stack([decode_upload(data, what, budget) for what, data in files])
 
 
 def infer(model: LoadedModel, batch: np.ndarray, outputs: tuple[str, ...] = (PROBABILITIES,)) -> list[np.ndarray]:

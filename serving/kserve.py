@@ -22,10 +22,11 @@ from importlib import metadata as package_metadata
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from common.contract import IMAGE_SHAPE, INPUT_NAME
 from serving.errors import ApiError
 from serving.inference import infer as run_inference
 from serving.inference import registry, resolve_model
-from serving.models import IMAGE_SHAPE, INPUT_NAME, LoadedModel
+from serving.models import LoadedModel
 from serving.request_body import read_body
 
 bp = Blueprint("kserve", __name__, url_prefix="/v2")
@@ -38,6 +39,7 @@ _DECIMAL = re.compile(r"[0-9]{1,12}")  # not str.isdigit(): it accepts superscri
 # get 413 before a byte of JSON is decoded.
 _JSON_BYTES_PER_VALUE = 6
 _JSON_HEADER_ALLOWANCE = 64 * 1024
+_SHAPE_TEXT = "[n, " + ", ".join(map(str, IMAGE_SHAPE)) + "]"
 _JSON_TYPES = {"", "application/json", "application/octet-stream", "application/vnd.kserve+json"}
 
 
@@ -137,7 +139,7 @@ def _image_tensor(doc: dict, binary: bytes) -> np.ndarray:
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or len(shape) != 4 or not all(type(d) is int for d in shape)
             or tuple(shape[1:]) != IMAGE_SHAPE or shape[0] < 1):
-        raise ApiError(400, f"input {INPUT_NAME!r} must have shape [n, 32, 32, 3] with n >= 1, got {str(shape)[:60]}")
+        raise ApiError(400, f"input {INPUT_NAME!r} must have shape {_SHAPE_TEXT} with n >= 1, got {str(shape)[:60]}")
     limit = current_app.config["MAX_BATCH"]
     if shape[0] > limit:
         raise ApiError(413, f"batch of {shape[0]} images; at most {limit} per request (MAX_BATCH)")

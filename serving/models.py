@@ -28,15 +28,22 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from common.contract import (
+    IMAGE_SHAPE,
+    INPUT_NAME,
+    INPUT_ORT_TYPE,
+    LOGITS,
+    NO_TTA,
+    OUTPUT_ORT_TYPE,
+    PROBABILITIES,
+    MetadataKey,
+)
+from common.text import first_line
 from serving import lifecycle
 from serving.model_files import MANIFEST, ModelFiles, ModelLoadError, files_for
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-PROBABILITIES = "probabilities"
-LOGITS = "logits"
-IMAGE_SHAPE = (32, 32, 3)
 __all__ = ["ModelLoadError", "ModelRegistry", "LoadedModel", "UnknownModelError", "load_model"]
 
 
@@ -66,16 +73,16 @@ class LoadedModel:
 
     @property
     def arch(self) -> str | None:
-        return self.metadata.get("arch") or None
+        return self.metadata.get(MetadataKey.ARCH) or None
 
     @property
     def test_accuracy(self) -> float | None:
-        return _parse_accuracy(self.metadata.get("test_accuracy", ""), self.path)
+        return _parse_accuracy(self.metadata.get(MetadataKey.TEST_ACCURACY, ""), self.path)
 
     @property
     def tta(self) -> str:
         """Test-time augmentation inside the graph (``flip``, ``flip_translate``), or ``none``."""
-        return (self.metadata.get("tta") or "").strip() or "none"
+        return (self.metadata.get(MetadataKey.TTA) or "").strip() or NO_TTA
 
     def run(self, images: np.ndarray, outputs: tuple[str, ...] = (PROBABILITIES,)) -> list[np.ndarray]:
         """``images``: uint8 [n, 32, 32, 3] RGB. Returns the requested outputs, float32 [n, C] each."""
@@ -95,9 +102,9 @@ class LoadedModel:
             "parameters": self.parameters,
             "sha256": self.sha256,
             "file_size": self.file_size,
-            "opset": _int_or_none(self.metadata.get("opset")),
-            "epochs": _int_or_none(self.metadata.get("epochs")),
-            "source_checkpoint_sha256": self.metadata.get("source_checkpoint_sha256") or None,
+            "opset": _int_or_none(self.metadata.get(MetadataKey.OPSET)),
+            "epochs": _int_or_none(self.metadata.get(MetadataKey.EPOCHS)),
+            "source_checkpoint_sha256": self.metadata.get(MetadataKey.SOURCE_CHECKPOINT_SHA256) or None,
             "input": {"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, *IMAGE_SHAPE]},
             "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, len(self.classes)]}
                         for name in self.outputs],
@@ -133,11 +140,6 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     return options
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _dims_match(shape, expected) -> bool:
     return len(shape) == len(expected) and all(a == b for a, b in zip(shape, expected, strict=True))
 
@@ -155,14 +157,14 @@ def load_model(path: Path, intra_op_threads: int = 1, data: bytes | None = None)
         session = ort.InferenceSession(data, sess_options=session_options(intra_op_threads),
                                        providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own pybind exception types for corrupt files
-        raise ModelLoadError(f"{path}: not a loadable ONNX model: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{path}: not a loadable ONNX model: {first_line(exc)}") from None
 
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
         raise ModelLoadError(f"{path}: expected one input named {INPUT_NAME!r}, "
                              f"found {[i.name for i in inputs]}")
     image = inputs[0]
-    if image.type != "tensor(uint8)":
+    if image.type != INPUT_ORT_TYPE:
         raise ModelLoadError(f"{path}: input {INPUT_NAME!r} must be uint8, found {image.type}")
     if len(image.shape) != 4 or isinstance(image.shape[0], int) or not _dims_match(image.shape[1:], IMAGE_SHAPE):
         raise ModelLoadError(f"{path}: input {INPUT_NAME!r} must have shape [batch, 32, 32, 3] with a dynamic "
@@ -172,13 +174,13 @@ def load_model(path: Path, intra_op_threads: int = 1, data: bytes | None = None)
         raise ModelLoadError(f"{path}: no output named {PROBABILITIES!r} (outputs: {sorted(outputs)})")
     served = tuple(name for name in (PROBABILITIES, LOGITS) if name in outputs)
     for name in served:
-        if outputs[name].type != "tensor(float)" or len(outputs[name].shape) != 2:
+        if outputs[name].type != OUTPUT_ORT_TYPE or len(outputs[name].shape) != 2:
             raise ModelLoadError(f"{path}: output {name!r} must be float32 [batch, classes], "
                                  f"found {outputs[name].type} {outputs[name].shape}")
 
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     try:
-        classes = json.loads(metadata.get("classes", ""))
+        classes = json.loads(metadata.get(MetadataKey.CLASSES, ""))
     except json.JSONDecodeError:
         raise ModelLoadError(f"{path}: metadata 'classes' is missing or not JSON") from None
     if (not isinstance(classes, list) or len(classes) < 2
@@ -187,7 +189,7 @@ def load_model(path: Path, intra_op_threads: int = 1, data: bytes | None = None)
     width = outputs[PROBABILITIES].shape[1]
     if isinstance(width, int) and width != len(classes):
         raise ModelLoadError(f"{path}: {len(classes)} class names but {width} probabilities")
-    _parse_accuracy(metadata.get("test_accuracy", ""), path)
+    _parse_accuracy(metadata.get(MetadataKey.TEST_ACCURACY, ""), path)
 
     model = LoadedModel(name=path.stem, path=path, sha256=hashlib.sha256(data).hexdigest(), file_size=len(data),
                         classes=tuple(classes), metadata=metadata, session=session, outputs=served)
@@ -203,7 +205,7 @@ def warm_up(model: LoadedModel) -> None:
         try:
             probs = model.probabilities(images)
         except Exception as exc:  # a graph that loads but cannot run, e.g. an op without a CPU kernel
-            raise ModelLoadError(f"{model.path}: warm-up inference failed: {_first_line(exc)}") from None
+            raise ModelLoadError(f"{model.path}: warm-up inference failed: {first_line(exc)}") from None
         if probs.shape != (batch, len(model.classes)):
             raise ModelLoadError(f"{model.path}: warm-up produced shape {probs.shape}, "
                                  f"expected {(batch, len(model.classes))}")
@@ -312,7 +314,7 @@ def parse_manifest(files: ModelFiles) -> Manifest:
     try:
         manifest = json.loads(files.manifest.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, over-long numbers
-        return Manifest(path=path, error=f"{path}: not readable JSON: {_first_line(exc)}")
+        return Manifest(path=path, error=f"{path}: not readable JSON: {first_line(exc)}")
     except RecursionError:
         return Manifest(path=path, error=f"{path}: not readable JSON: nested too deeply")
     if not isinstance(manifest, dict):

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from common.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUTS
+
 bp = Blueprint("openapi", __name__)
 
 SCHEMAS = "#/components/schemas/"
 # Any answer may carry the request's id; operations guarded by API_TOKEN list BEARER as their security.
 REQUEST_ID_HEADER = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
 BEARER = [{"bearerAuth": []}]
+_DIMS = ",".join(map(str, IMAGE_SHAPE))
 
 _ERROR_TEXTS = {
     400: "bad request (the message names the problem)",
@@ -91,7 +94,7 @@ def _paths(max_batch: int) -> dict:
     def v2_infer(*params: dict) -> dict:
         binary_body = {"schema": {"type": "string", "format": "binary"}}
         return {"post": _operation(
-            "Classify a UINT8 [n,32,32,3] tensor (Open Inference Protocol)",
+            f"Classify a UINT8 [n,{_DIMS}] tensor (Open Inference Protocol)",
             {"200": _response(
                 "the requested outputs: JSON, or with the binary tensor data extension (binary_data_output or an "
                 "output's binary_data) a JSON header of Inference-Header-Content-Length bytes, then the raw "
@@ -239,9 +242,9 @@ _SCHEMAS = {
     "V2InferRequest": {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"}, "parameters": {"type": "object"},
         "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {"$ref": SCHEMAS + "V2Tensor"},
-                   "description": "one tensor named image, UINT8, shape [n,32,32,3], RGB"},
+                   "description": f"one tensor named {INPUT_NAME}, UINT8, shape [n,{_DIMS}], RGB"},
         "outputs": {"type": "array", "items": {"type": "object", "properties": {
-            "name": {"type": "string", "enum": ["probabilities", "logits"]},
+            "name": {"type": "string", "enum": list(OUTPUTS)},
             "parameters": {"type": "object"}}}}}},
     "V2InferResponse": {"type": "object", "required": ["model_name", "model_version", "outputs"], "properties": {
         "model_name": {"type": "string"}, "model_version": {"type": "string"},

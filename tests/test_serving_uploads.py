@@ -1,20 +1,19 @@
-"""What the service does to an uploaded file before the model sees it (serving/images.py)."""
+"""What the service does to an uploaded file before the model sees it (serving/uploads.py)."""
 
 from __future__ import annotations
 
 import io
-import struct
 import time
 import tracemalloc
-import zlib
 
 import numpy as np
 import pytest
+from hostile_images import bmp_rle8, handmade_png, icon_holding, tiff_of_one_row_strips, transparent_palette
 from PIL import IcoImagePlugin, Image, ImageFile, TiffImagePlugin
 from test_serving_support import cifar_jpegs
 
-from serving import images
-from serving.images import ImageError, ImageTooLarge, PixelBudget, UnsupportedFormat, decode
+from serving import uploads
+from serving.uploads import ImageError, ImageTooLarge, PixelBudget, UnsupportedFormat, decode
 
 MAX = 64_000_000
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -28,28 +27,6 @@ def encode(img: Image.Image, fmt: str, **options) -> bytes:
 
 def mean_color(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1, 3).mean(axis=0)
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def handmade_png(width: int, height: int, color_type: int, depth: int = 8, rows: int | None = None,
-                 extra_chunks: bytes = b"") -> bytes:
-    """A PNG of zero bytes built with zlib (no Pillow): tiny on disk however large. ``rows`` < height
-    stops the data early, for a header that must be refused before any pixel is read."""
-    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color_type]
-    row = b"\x00" * (1 + (width * channels * depth + 7) // 8)  # filter byte + samples
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(height if rows is None else rows)) + compressor.flush()
-    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0))
-    return (b"\x89PNG\r\n\x1a\n" + header + extra_chunks + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b""))
-
-
-def icon_holding(png: bytes) -> bytes:
-    """A Windows icon (ICO) whose one entry is the given PNG, as Vista-style icons store large sizes."""
-    directory = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22)
-    return directory + png
 
 
 @pytest.fixture
@@ -193,15 +170,14 @@ def test_images_are_shrunk_in_bands_with_the_same_result(monkeypatch):
     noise = np.random.default_rng(1).integers(0, 256, size=(300, 400, 4), dtype=np.uint8)
     data = encode(Image.fromarray(noise, "RGBA"), "PNG")
     whole = decode(data, MAX)
-    monkeypatch.setattr(images, "_BAND_PIXELS", 1000)
+    monkeypatch.setattr(uploads, "_BAND_PIXELS", 1000)
     np.testing.assert_array_equal(decode(data, MAX), whole)
 
 
 def test_a_large_palette_image_is_reduced_before_it_is_expanded(monkeypatch):
     # 16 megapixels of palette indices (a few KiB of PNG): expanding them to RGBA at full size would
     # take 64 MiB; only bands of about a megapixel may be converted.
-    palette = bytes([255, 0, 0, 0, 255, 0])  # 0: red (transparent, via tRNS), 1: green
-    png = handmade_png(4000, 4000, 3, extra_chunks=png_chunk(b"PLTE", palette) + png_chunk(b"tRNS", b"\x00"))
+    png = handmade_png(4000, 4000, 3, extra_chunks=transparent_palette())  # 0: red, transparent; 1: green
     assert len(png) < 100_000
     converted = []
     convert = Image.Image.convert
@@ -215,7 +191,7 @@ def test_a_large_palette_image_is_reduced_before_it_is_expanded(monkeypatch):
     out = decode(png, MAX)
     assert time.perf_counter() - start < 2
     np.testing.assert_array_equal(out, np.full((32, 32, 3), 255, np.uint8))  # transparent -> white
-    assert converted and max(converted) <= 2 * images._BAND_PIXELS
+    assert converted and max(converted) <= 2 * uploads._BAND_PIXELS
 
 
 def test_a_large_16_bit_gray_image_is_reduced_and_scaled():
@@ -291,15 +267,6 @@ def test_formats_outside_the_accepted_list_are_refused_by_name(data, kind):
     assert err.value.status == 415
 
 
-def bmp_rle8(width: int, height: int) -> bytes:
-    """A run-length-encoded 8-bit BMP (Pillow reads but does not write these): one run per row."""
-    rows = (bytes([width, 1]) + b"\x00\x00") * height + b"\x00\x01"
-    palette = b"\x00\x00\x00\x00" + b"\xff\xff\xff\x00" * 255
-    offset = 14 + 40 + len(palette)
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 0, 0, 256, 0)
-    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + palette + rows
-
-
 @pytest.mark.parametrize("data, encoding", [(bmp_rle8(40, 40), "bmp_rle"),
                                             (b"P2\n2 2\n255\n0 64 128 255\n", "ppm_plain")])
 def test_files_pillow_decodes_in_python_are_refused(data, encoding):
@@ -307,20 +274,6 @@ def test_files_pillow_decodes_in_python_are_refused(data, encoding):
     with pytest.raises(UnsupportedFormat, match=f"{encoding} encoding.*not accepted") as err:
         decode(data, MAX)
     assert err.value.status == 415
-
-
-def tiff_of_one_row_strips(width: int, height: int) -> bytes:
-    """An uncompressed 8-bit gray TIFF with one strip per row, every strip the same zero row."""
-    row_at, tables_at = 8, 8 + width
-    offsets = struct.pack(f"<{height}H", *[row_at] * height)
-    counts = struct.pack(f"<{height}H", *[width] * height)
-    ifd_at = tables_at + len(offsets) + len(counts)
-    tags = [(256, 3, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-            (273, 3, height, tables_at), (277, 3, 1, 1), (278, 3, 1, 1), (279, 3, height, tables_at + len(offsets))]
-    entries = b"".join(struct.pack("<HHII", tag, kind, count, value) if kind == 4 or count > 2
-                       else struct.pack("<HHIHH", tag, kind, count, value, 0) for tag, kind, count, value in tags)
-    return (b"II*\x00" + struct.pack("<I", ifd_at) + b"\x00" * width + offsets + counts
-            + struct.pack("<H", len(tags)) + entries + b"\x00" * 4)
 
 
 def test_a_tiff_of_many_strips_is_read_by_libtiff_without_python_objects_per_strip():
@@ -348,21 +301,21 @@ def test_images_that_would_take_too_much_memory_to_decode_are_refused_before_dec
         decode(rgba, MAX)
     assert err.value.status == 413
     with pytest.raises(ImageTooLarge, match="takes about"):  # the cap is a parameter
-        decode(handmade_png(2000, 2000, 6, rows=1), MAX, max_decode_bytes=10 * images.MIB)
+        decode(handmade_png(2000, 2000, 6, rows=1), MAX, max_decode_bytes=10 * uploads.MIB)
 
 
 def test_progressive_jpeg_and_webp_are_costed_by_their_decoders_memory():
     photo = Image.linear_gradient("L").resize((1024, 1024)).convert("RGB")
     baseline, progressive = encode(photo, "JPEG"), encode(photo, "JPEG", progressive=True)
-    limit = 3 * images.MIB
+    limit = 3 * uploads.MIB
     # A baseline JPEG decodes at 1/8 scale (128x128); a progressive one keeps every DCT coefficient
     # at full size (3 bytes a pixel at 4:2:0), and WebP's decoder 16 bytes a pixel.
     assert decode(baseline, MAX, max_decode_bytes=limit).shape == (32, 32, 3)
     with pytest.raises(ImageTooLarge, match=r"1024x1024 JPEG image \(RGB\) takes about 4 MiB, more than the 3 MiB"):
         decode(progressive, MAX, max_decode_bytes=limit)
     with pytest.raises(ImageTooLarge, match=r"1024x1024 WEBP image \(RGB\) takes about 16 MiB"):
-        decode(encode(photo, "WEBP"), MAX, max_decode_bytes=15 * images.MIB)
-    assert decode(encode(photo, "WEBP"), MAX, max_decode_bytes=16 * images.MIB).shape == (32, 32, 3)
+        decode(encode(photo, "WEBP"), MAX, max_decode_bytes=15 * uploads.MIB)
+    assert decode(encode(photo, "WEBP"), MAX, max_decode_bytes=16 * uploads.MIB).shape == (32, 32, 3)
 
 
 def test_a_pixel_budget_is_charged_what_each_image_decodes():
