@@ -221,3 +221,43 @@ def test_a_model_name_that_looks_like_markup_is_shown_as_text_and_sent_intact(pa
     expected = api_answer(server, name, data, model=ODD_NAME)
     expect(page.locator("#status")).to_have_text(f"{ODD_NAME}: {expected[0]['label']}")
     assert page.title() == "CIFAR-10 classifier"
+
+
+def test_with_api_token_set_the_page_asks_for_it_and_then_lists_and_classifies(browser, cat_jpeg, tmp_path):
+    from playwright.sync_api import expect as playwright_expect
+
+    token = "page-test-token-0123456789"
+    service = Gunicorn(tmp_path / "gunicorn.log", MODELS_DIR=str(shipped_models(tmp_path / "weights")),
+                       WORKERS="1", API_TOKEN=token).start()
+    context = browser.new_context()
+    try:
+        service.wait_ready()
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        playwright_expect.set_options(timeout=30_000)
+        script_errors: list[str] = []
+        page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+        page.goto(service.url + "/")
+        # no token yet: the page says so instead of showing an empty model list
+        expect(page.locator("#token")).to_be_visible()
+        expect(page.locator("#error")).to_have_text("this service needs an API token")
+        expect(page.locator("#models-note")).to_have_text("Enter the API token to list the models.")
+        page.fill("#token", "wrong")
+        page.press("#token", "Enter")
+        expect(page.locator("#error")).to_have_text("the API token was not accepted")
+        page.fill("#token", token)
+        page.press("#token", "Enter")
+        expect(page.locator("#model-rows tr")).to_have_count(len(list((tmp_path / "weights").glob("*.onnx"))))
+        expect(page.locator("#error")).to_be_hidden()
+        name, data = cat_jpeg
+        with page.expect_request(lambda r: r.url.startswith(service.url + "/predict")) as sent:
+            page.set_input_files("#file", files=[{"name": name, "mimeType": "image/jpeg", "buffer": data}])
+        assert sent.value.headers["authorization"] == f"Bearer {token}"
+        expect(page.locator("#results li")).to_have_count(5)
+        # the token is kept for this tab, not put in the URL
+        page.reload()
+        expect(page.locator("#model-rows tr")).not_to_have_count(0)
+        assert token not in page.url and script_errors == []
+    finally:
+        context.close()
+        service.stop()

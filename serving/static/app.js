@@ -6,6 +6,7 @@
   const drop = $("drop"), fileInput = $("file"), preview = $("preview"), dropText = $("drop-text");
   const controls = $("controls"), modelRows = $("model-rows"), modelsNote = $("models-note"), topkSelect = $("topk");
   const results = $("results"), errorBox = $("error"), status = $("status");
+  const tokenRow = $("token-row"), tokenInput = $("token");
   const wholeNumber = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
   let lastFile = null, previewUrl = null;
 
@@ -58,21 +59,55 @@
     return row;
   }
 
+  // With API_TOKEN set, /models and /predict answer 401 until the request carries the token. The field
+  // appears only then; the token lives in sessionStorage (this tab), never in a URL.
+  tokenInput.value = sessionStorage.getItem("apiToken") || "";
+  if (tokenInput.value) tokenRow.hidden = false;
+
+  function authHeaders() {
+    const token = tokenInput.value.trim();
+    return token ? { Authorization: "Bearer " + token } : {};
+  }
+
+  function askForToken(message) {
+    tokenRow.hidden = false;
+    showError(message);
+    tokenInput.focus();
+  }
+
+  tokenInput.addEventListener("change", () => {
+    sessionStorage.setItem("apiToken", tokenInput.value.trim());
+    errorBox.hidden = true;
+    loadModels();
+    if (lastFile) classify(lastFile);
+  });
+
   function chosenModel() {
     const radio = modelRows.querySelector("input[name=model]:checked");
     return radio ? radio.value : "";
   }
 
-  fetch("/models").then((r) => {
-    if (!r.ok) throw new Error(`status ${r.status}`);
-    return r.json();
-  }).then((body) => {
-    modelRows.replaceChildren(...(body.models || []).map(modelRow));
-    modelsNote.hidden = true;
-  }).catch(() => {
-    modelsNote.textContent = "Could not list the models; images go to the default model.";
-    showError("could not list the models");
-  });
+  function loadModels() {
+    fetch("/models", { headers: authHeaders() }).then((r) => {
+      if (r.status === 401) return null;
+      if (!r.ok) throw new Error(`status ${r.status}`);
+      return r.json();
+    }).then((body) => {
+      if (body === null) {
+        modelsNote.textContent = "Enter the API token to list the models.";
+        modelsNote.hidden = false;
+        askForToken(tokenInput.value ? "the API token was not accepted" : "this service needs an API token");
+        return;
+      }
+      modelRows.replaceChildren(...(body.models || []).map(modelRow));
+      modelsNote.hidden = true;
+    }).catch(() => {
+      modelsNote.textContent = "Could not list the models; images go to the default model.";
+      modelsNote.hidden = false;
+      showError("could not list the models");
+    });
+  }
+  loadModels();
 
   function showError(message) {
     errorBox.textContent = message;
@@ -121,8 +156,13 @@
     const query = new URLSearchParams({ topk: topkSelect.value });
     if (chosenModel()) query.set("model", chosenModel());
     try {
-      const response = await fetch("/predict?" + query, { method: "POST", body: form });
+      const response = await fetch("/predict?" + query, { method: "POST", body: form, headers: authHeaders() });
       const body = await response.json().catch(() => null);
+      if (response.status === 401) {
+        status.textContent = "";
+        askForToken(body && body.error ? body.error.message : "this service needs an API token");
+        return;
+      }
       if (!response.ok) {
         status.textContent = "";
         showError(body && body.error ? body.error.message : `request failed (${response.status})`);
