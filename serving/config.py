@@ -14,6 +14,10 @@ MAX_REQUEST_PIXELS 128000000  decoded pixels all the images of one request may t
                               scaling); the image that would exceed it gets 413, before decoding
 MAX_BATCH          64         most images in one request (multipart parts or v2 batch rows)
 INTRA_OP_THREADS   auto       onnxruntime threads per session run: usable CPUs // WORKERS, >= 1
+BATCH_MAX_IMAGES   32         dynamic batching: most images of concurrent requests one onnxruntime
+                              call takes (a larger request runs alone); 1 = a call per request
+BATCH_WAIT_MS      0          while the service is busy, how long a call may wait for more
+                              requests to join it; an idle service never waits
 READ_TIMEOUT       10         seconds a request's body may go without sending a byte: 408
 REQUEST_TIMEOUT    30         seconds from a request's headers to the end of its body: 408
 API_TOKEN          (none)     when set, /predict, /v2/.../infer, /models and /metrics need the
@@ -59,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REQUEST_PIXELS": 128_000_000,
     "MAX_BATCH": 64,
     "INTRA_OP_THREADS": None,
+    "BATCH_MAX_IMAGES": 32,
+    "BATCH_WAIT_MS": 0.0,
     "DEFAULT_TOPK": 5,
     "READ_TIMEOUT": 10.0,
     "REQUEST_TIMEOUT": 30.0,
@@ -153,6 +159,9 @@ def load_config(overrides: Mapping[str, Any] | None = None,
         "MAX_REQUEST_PIXELS": _positive_int("MAX_REQUEST_PIXELS", raw["MAX_REQUEST_PIXELS"]),
         "MAX_BATCH": _positive_int("MAX_BATCH", raw["MAX_BATCH"]),
         "DEFAULT_TOPK": _positive_int("DEFAULT_TOPK", raw["DEFAULT_TOPK"]),
+        "BATCH_MAX_IMAGES": _positive_int("BATCH_MAX_IMAGES", raw["BATCH_MAX_IMAGES"]),
+        "BATCH_WAIT_MS": 0.0 if str(raw["BATCH_WAIT_MS"]).strip() in ("0", "0.0")
+        else _positive_float("BATCH_WAIT_MS", raw["BATCH_WAIT_MS"]),
         "READ_TIMEOUT": _positive_float("READ_TIMEOUT", raw["READ_TIMEOUT"]),
         "REQUEST_TIMEOUT": _positive_float("REQUEST_TIMEOUT", raw["REQUEST_TIMEOUT"]),
         "API_TOKEN": _api_token(raw["API_TOKEN"], raw["API_TOKEN_FILE"]),

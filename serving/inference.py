@@ -1,7 +1,7 @@
 """The one inference path every protocol adapter calls, shaped like a TorchServe handler.
 
-    resolve_model -> preprocess (decode each upload to 32x32 RGB) -> infer (one onnxruntime call)
-    -> postprocess (top-k)
+    resolve_model -> preprocess (decode each upload to 32x32 RGB) -> infer (one onnxruntime call,
+    shared with the worker's other concurrent requests: serving/batching.py) -> postprocess (top-k)
 
 ``/predict`` (serving/api.py) uses every step; the Open Inference Protocol (serving/kserve.py)
 receives pixels already, so it skips preprocess and encodes the outputs its own way. Each step is
@@ -17,6 +17,7 @@ from flask import current_app
 
 from common.contract import PROBABILITIES
 from serving import metrics, uploads
+from serving.batching import Batcher
 from serving.errors import ApiError
 from serving.models import LoadedModel, ModelRegistry, UnknownModelError
 
@@ -55,12 +56,21 @@ def preprocess(files: list[tuple[str, bytes]]) -> np.ndarray:
 
 
 def infer(model: LoadedModel, batch: np.ndarray, outputs: tuple[str, ...] = (PROBABILITIES,)) -> list[np.ndarray]:
-    """One onnxruntime call on the whole batch, timed and labelled with the model in the metrics."""
+    """The requested outputs for ``batch``, computed in one onnxruntime call together with whatever other
+    requests of this worker are waiting for the same model; labelled with the model in the metrics."""
     metrics.use_model(model.name)
-    start = time.perf_counter()
-    results = model.run(batch, outputs)
-    metrics.observe_inference(model.name, len(batch), time.perf_counter() - start)
-    return results
+    every_output = batcher_for(model).run(batch)  # all of model.outputs, in that order
+    return [every_output[model.outputs.index(name)] for name in outputs]
+
+
+def batcher_for(model: LoadedModel) -> Batcher:
+    batchers: dict[str, Batcher] = current_app.extensions.setdefault("batchers", {})
+    if model.name not in batchers:
+        batchers[model.name] = Batcher(
+            lambda images: model.run(images, model.outputs), max_images=current_app.config["BATCH_MAX_IMAGES"],
+            max_wait=current_app.config["BATCH_WAIT_MS"] / 1000,
+            on_batch=lambda record: metrics.observe_batch(model.name, record))
+    return batchers[model.name]
 
 
 def top_predictions(model: LoadedModel, probs: np.ndarray, k: int) -> list[dict]:

@@ -34,6 +34,10 @@ REQUEST_LATENCY = Histogram("cifar10_http_request_duration_seconds", "Time to an
                             ["endpoint", "model"], buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("cifar10_inference_batch_size", "Images per onnxruntime call", ["model"],
                        buckets=BATCH_BUCKETS)
+BATCH_REQUESTS = Histogram("cifar10_inference_batch_requests", "Requests sharing one onnxruntime call (dynamic "
+                           "batching)", ["model"], buckets=BATCH_BUCKETS)
+QUEUE_WAIT = Histogram("cifar10_inference_queue_wait_seconds", "Time a request waited for its onnxruntime call",
+                       ["model"], buckets=(0.0001, 0.00025, 0.0005, *LATENCY_BUCKETS))
 INFERENCE_LATENCY = Histogram("cifar10_inference_duration_seconds", "onnxruntime session.run time",
                               ["model"], buckets=LATENCY_BUCKETS)
 DECODE_LATENCY = Histogram("cifar10_image_decode_duration_seconds", "Time to turn one upload into 32x32 RGB",
@@ -48,9 +52,13 @@ def use_model(name: str) -> None:
     g.metrics_model = name
 
 
-def observe_inference(model: str, batch: int, seconds: float) -> None:
-    BATCH_SIZE.labels(model).observe(batch)
-    INFERENCE_LATENCY.labels(model).observe(seconds)
+def observe_batch(model: str, record) -> None:
+    """One onnxruntime call (a ``serving.batching.BatchRecord``): its images, requests, time and queue waits."""
+    BATCH_SIZE.labels(model).observe(record.images)
+    BATCH_REQUESTS.labels(model).observe(record.requests)
+    INFERENCE_LATENCY.labels(model).observe(record.seconds)
+    for wait in record.queue_waits:
+        QUEUE_WAIT.labels(model).observe(wait)
 
 
 def _registry():
