@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.files import write_json  # noqa: E402  (the checkout's packages, not an installed copy)
 from common.paths import repo_relative, repo_relative_command  # noqa: E402
-from serving.config import default_intra_op_threads, process_settings, usable_cpus  # noqa: E402
+from serving.config import default_intra_op_threads, load_config, process_settings, usable_cpus  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  best service throughput / bare loop = {ratio}", flush=True)
 
     settings = process_settings(env)  # what gunicorn.conf.py made of the same environment
+    app_settings = load_config(environ=env)
     workers = settings["workers"]
     result = {
         "benchmark": "serve_load",
@@ -417,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(), "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "service": {"workers": workers, "worker_class": settings["worker_class"],
                     "threads": settings["threads"],
+                    "batch_max_images": app_settings["BATCH_MAX_IMAGES"],
+                    "batch_wait_ms": app_settings["BATCH_WAIT_MS"],
                     "intra_op_threads": int(env.get("INTRA_OP_THREADS", default_intra_op_threads(workers))),
                     "model": model, "arch": info.get("arch"), "model_sha256": info.get("sha256")},
         "images": {"count": len(images), "source": repo_relative(args.data), "upscaled_to": args.upscale,

@@ -80,7 +80,9 @@ def predict():
     limit = current_app.config["MAX_BATCH"]
     if len(uploads) > limit:
         raise ApiError(413, f"{len(uploads)} images in one request; at most {limit} (MAX_BATCH)")
-    batch = inference.preprocess([(_describe(i, name, len(uploads)), data) for i, (name, data) in enumerate(uploads)])
+    with inference.arriving(model):
+        batch = inference.preprocess([(_describe(i, name, len(uploads)), data)
+                                      for i, (name, data) in enumerate(uploads)])
     probs = inference.infer(model, batch)[0]
     if len(uploads) == 1:
         top = inference.top_predictions(model, probs[0], k)

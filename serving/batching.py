@@ -8,8 +8,9 @@ ends, the oldest waiting request leads the next call with everything queued behi
 ``max_images`` images. An answer is bit-for-bit what the request alone would have got: the models
 compute each image independently (tests/test_serving_batching.py checks it on every shipped model).
 
-``max_wait`` (BATCH_WAIT_MS) lets a leader wait that long for more requests, but only while the
-service is busy (the previous call ended less than ``max_wait`` ago), never on an idle service.
+``max_wait`` (BATCH_WAIT_MS) lets a leader wait up to that long for requests that are on their way
+(inside ``arriving()``: decoding their images for this model), never for requests that may or may
+not come: a lone request, or a client that sends one request at a time, never waits.
 
 Works with threads and with gevent's greenlets alike: gunicorn's gevent worker patches ``threading``,
 so the lock and condition below become cooperative; only the model call itself must leave the event
@@ -21,7 +22,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,7 +80,20 @@ class Batcher:
         self._changed = threading.Condition(self._lock)
         self._queue: deque[_Request] = deque()
         self._running = False
-        self._last_end = float("-inf")
+        self._arriving = 0  # requests decoding their images for this model, not yet queued
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Wrap what a request does before ``run`` (decoding its images), so a leader with a wait
+        window knows it is coming."""
+        with self._changed:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._arriving -= 1
+                self._changed.notify_all()
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
         """The model's outputs for ``images`` (uint8 [n, 32, 32, 3]), as if run alone."""
@@ -104,7 +119,7 @@ class Batcher:
         """Run one batch from the head of the queue. Called and returns with the lock held."""
         self._running = True
         try:
-            self._gather_while_busy()
+            self._gather_arriving()
             batch = self._take()
             self._changed.release()
             try:
@@ -113,14 +128,13 @@ class Batcher:
                 self._changed.acquire()
         finally:
             self._running = False
-            self._last_end = time.perf_counter()
             self._changed.notify_all()
 
-    def _gather_while_busy(self) -> None:
-        if self.max_wait <= 0 or time.perf_counter() - self._last_end >= self.max_wait:
-            return
+    def _gather_arriving(self) -> None:
+        """Wait (at most max_wait) while requests are still decoding and the batch has room for them."""
         deadline = time.perf_counter() + self.max_wait
-        while self._queued_images() < self.max_images and (left := deadline - time.perf_counter()) > 0:
+        while (self._arriving and self._queued_images() < self.max_images
+               and (left := deadline - time.perf_counter()) > 0):
             self._changed.wait(left)
 
     def _queued_images(self) -> int:

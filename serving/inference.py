@@ -11,6 +11,7 @@ timed into the metrics here, and the model label is set where inference happens.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 
 import numpy as np
 from flask import current_app
@@ -61,6 +62,11 @@ def infer(model: LoadedModel, batch: np.ndarray, outputs: tuple[str, ...] = (PRO
     metrics.use_model(model.name)
     every_output = batcher_for(model).run(batch)  # all of model.outputs, in that order
     return [every_output[model.outputs.index(name)] for name in outputs]
+
+
+def arriving(model: LoadedModel) -> AbstractContextManager[None]:
+    """Wrap a request's decoding: a batch being formed for ``model`` may wait for it (BATCH_WAIT_MS)."""
+    return batcher_for(model).arriving()
 
 
 def batcher_for(model: LoadedModel) -> Batcher:

@@ -24,6 +24,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from common.contract import IMAGE_SHAPE, INPUT_NAME
 from serving.errors import ApiError
+from serving.inference import arriving as inference_arriving
 from serving.inference import infer as run_inference
 from serving.inference import registry, resolve_model
 from serving.models import LoadedModel
@@ -198,7 +199,8 @@ def _requested_outputs(doc: dict, model: LoadedModel) -> list[tuple[str, bool]]:
 def infer(name: str, version: str | None = None):
     model = _model(name, version)
     doc, binary = _split_body()
-    images = _image_tensor(doc, binary)
+    with inference_arriving(model):
+        images = _image_tensor(doc, binary)
     wanted = _requested_outputs(doc, model)
     names = tuple(out for out, _ in wanted)
     results = run_inference(model, images, names)

@@ -87,28 +87,41 @@ def test_a_batch_never_exceeds_max_images_and_a_larger_request_runs_alone():
     assert [len(r[0]) for r in results] == [1, 2, 2, 2, 2, 6]
 
 
-def test_an_idle_model_runs_a_request_at_once_even_with_a_wait_window():
+def test_a_request_with_nothing_on_its_way_runs_at_once_even_with_a_wait_window():
     model = SlowModel(seconds=0)
     batcher = Batcher(model, max_images=32, max_wait=0.5)
-    start = time.perf_counter()
-    batcher.run(images_of(1))
-    assert time.perf_counter() - start < 0.1
-    time.sleep(0.6)  # idle again: the window has passed since the last call
-    start = time.perf_counter()
-    batcher.run(images_of(2))
-    assert time.perf_counter() - start < 0.1
+    for value in range(3):  # a client sending one request at a time: each runs at once
+        start = time.perf_counter()
+        batcher.run(images_of(value))
+        assert time.perf_counter() - start < 0.1
+    assert model.calls == [1, 1, 1]
 
 
-def test_while_busy_the_wait_window_gathers_requests_that_come_a_little_later():
-    model = SlowModel(seconds=0.02)
-    batcher = Batcher(model, max_images=32, max_wait=0.2)
-    batcher.run(images_of(0))  # the service has just been busy
+def test_the_wait_window_gathers_requests_still_decoding_and_no_longer():
+    model = SlowModel(seconds=0)
+    batcher = Batcher(model, max_images=32, max_wait=0.3)
+
+    def decode_then_run(seconds, value, results):
+        with batcher.arriving():
+            time.sleep(seconds)  # decoding its image
+        results.append(batcher.run(images_of(value)))
+
     results: list = []
-    late = threading.Thread(target=lambda: (time.sleep(0.05), results.append(batcher.run(images_of(2)))))
+    late = threading.Thread(target=decode_then_run, args=(0.05, 2, results))
     late.start()
-    results.append(batcher.run(images_of(1)))  # leads, waits up to 0.2 s: the late request joins it
+    time.sleep(0.01)
+    results.append(batcher.run(images_of(1)))  # leads; the late request is decoding: it waits for it
     late.join(5)
-    assert model.calls == [1, 2]
+    assert model.calls == [2]
+    # one still decoding after the window: the leader goes without it
+    slow = threading.Thread(target=decode_then_run, args=(0.6, 3, results))
+    slow.start()
+    time.sleep(0.01)
+    start = time.perf_counter()
+    batcher.run(images_of(4))
+    assert 0.25 < time.perf_counter() - start < 0.55
+    slow.join(5)
+    assert model.calls == [2, 1, 1]
 
 
 def test_a_model_failure_reaches_every_request_of_its_batch_and_the_next_batch_works():
