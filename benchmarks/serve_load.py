@@ -268,6 +268,16 @@ def _bare_worker(model_path: str, images: list[bytes], offset: int, start: float
     results.put(done)
 
 
+def served_model_file(models_dir: Path, sha256: str) -> Path:
+    """The file in ``models_dir`` whose bytes the service reported serving, so both sides run the same model."""
+    import hashlib
+
+    for path in sorted(models_dir.glob("*.onnx")):
+        if hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
+            return path
+    raise SystemExit(f"serve_load: no file in {models_dir} has the served model's sha256 {sha256[:12]}")
+
+
 def bare_loop(model_path: Path, images: list[bytes], processes: int, duration: float, max_pixels: int) -> dict:
     ctx = mp.get_context("spawn")  # fresh interpreters: no onnxruntime state inherited across fork
     results = ctx.Queue()
@@ -400,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  empty Flask app under the same gunicorn: {floor:.1f} req/s", flush=True)
 
     max_pixels = int(os.environ.get("MAX_IMAGE_PIXELS", "64000000"))
-    bare = bare_loop(models_dir / f"{model}.onnx", images, usable_cpus(), args.duration, max_pixels)
+    served_file = served_model_file(models_dir, info["sha256"])  # NAME.int8.onnx where the service serves int8
+    bare = bare_loop(served_file, images, usable_cpus(), args.duration, max_pixels)
     print(f"  bare loop ({bare['processes']} processes): {bare['images_per_s']:.1f} images/s", flush=True)
     best = max(level["requests_per_s"] for level in levels)
     ratio = round(best / bare["images_per_s"], 3) if bare["images_per_s"] else None
@@ -421,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                     "batch_max_images": app_settings["BATCH_MAX_IMAGES"],
                     "batch_wait_ms": app_settings["BATCH_WAIT_MS"],
                     "intra_op_threads": int(env.get("INTRA_OP_THREADS", default_intra_op_threads(workers))),
-                    "model": model, "arch": info.get("arch"), "model_sha256": info.get("sha256")},
+                    "model": model, "arch": info.get("arch"), "model_sha256": info.get("sha256"),
+                    "model_file": repo_relative(served_file), "precision": info.get("precision")},
         "images": {"count": len(images), "source": repo_relative(args.data), "upscaled_to": args.upscale,
                    "mean_bytes": round(sum(map(len, images)) / len(images))},
         "start_to_first_prediction_s": round(first_prediction_s, 3),

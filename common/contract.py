@@ -51,3 +51,20 @@ class MetadataKey:
 
 JSON_METADATA_KEYS = (MetadataKey.CLASSES, MetadataKey.PARITY, MetadataKey.MEAN, MetadataKey.STD,
                       MetadataKey.QUANTIZATION)
+
+
+# int8: ``NAME.int8.onnx`` beside ``NAME.onnx`` is its statically quantized copy (export.quantize), with
+# figures against the fp32 file in its ``quantization`` metadata. The service serves it as NAME (and the
+# fp32 file as NAME-fp32) when it loses at most INT8_MAX_DROP_POINTS accuracy points on the test images and
+# classifies one image at a time faster; else NAME stays fp32 and the int8 file is NAME-int8.
+INT8_SUFFIX = ".int8"
+INT8_MAX_DROP_POINTS = 0.3
+
+
+def int8_preferred(quantization: object) -> bool:
+    """Whether an int8 file's ``quantization`` figures (decoded JSON) earn it the model's own name."""
+    if not isinstance(quantization, dict):
+        return False
+    drop, speedup = quantization.get("accuracy_drop_points"), quantization.get("single_image_speedup")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (drop, speedup))
+    return numbers and drop <= INT8_MAX_DROP_POINTS and speedup > 1.0

@@ -18,9 +18,13 @@ invocation cannot share a NAME. For each run:
    (its ``tta`` key) asks for it, else none;
 3. test accuracy and per-class accuracy of the ONNX file on the whole test split, and its CPU
    throughput with onnxruntime;
-4. the entry ``NAME`` in ``weights/MANIFEST.json``, which records the run's architecture (``arch``)
+4. ``weights/<NAME>.int8.onnx``: its static int8 copy (``export.quantize``), kept only where the service
+   would serve it (``common.contract.int8_preferred``: at most 0.3 points lost on all test images, faster
+   one image at a time); its figures go in the entry's ``int8`` either way. ``--requantize NAME...``
+   redoes only this step for models already in ``weights/``;
+5. the entry ``NAME`` in ``weights/MANIFEST.json``, which records the run's architecture (``arch``)
    and recipe (``recipe_name``, ``recipe``); entries of other names are kept;
-5. the run's evidence (``metrics.jsonl`` and its loss/accuracy/LR/confusion PNGs) copied to
+6. the run's evidence (``metrics.jsonl`` and its loss/accuracy/LR/confusion PNGs) copied to
    ``docs/runs/<run folder name>/``, so the curves the README shows come from the run that made the weights.
 
 Paths in the manifest (the run's command, its evidence folder) are relative to the repository.
@@ -43,12 +47,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from common.contract import INT8_MAX_DROP_POINTS, int8_preferred
 from common.files import write_json
 from common.paths import repo_relative, repo_relative_command
 from export import ExportError
 from export.onnx import check_tta, export_checkpoint, file_sha256
 from export.onnx_accuracy import EvaluationError, measure_onnx_accuracy
-from export.quantize import images_per_second
+from export.quantize import images_per_second, int8_path, quantize_model
 from training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -151,6 +156,28 @@ def package_run(run: str | os.PathLike, name: str, weights: Path, data: str | No
         "cpu_throughput_note": f"onnxruntime CPUExecutionProvider, batches of 64, {os.cpu_count()} cores, "
                                f"onnxruntime {ort.__version__}",
         "date": datetime.now(timezone.utc).date().isoformat(),
+        "int8": package_int8(onnx_path, data),
+    }
+
+
+def package_int8(onnx_path: Path, data: str | None) -> dict:
+    """Quantize ``onnx_path``; keep ``NAME.int8.onnx`` only if the service would serve it. Its figures."""
+    figures = quantize_model(onnx_path, load_cifar10(data), max_drop=INT8_MAX_DROP_POINTS)
+    int8_file = int8_path(onnx_path)
+    served = figures["kept"] and int8_preferred(figures)
+    if not served:
+        int8_file.unlink(missing_ok=True)
+    return {
+        "served": served,
+        "onnx": int8_file.name if served else None,
+        "onnx_sha256": file_sha256(int8_file) if served else None,
+        "test_accuracy": round(figures["int8_accuracy"], 4),
+        "accuracy_drop_points": round(figures["accuracy_drop_points"], 2),
+        "cpu_images_per_s": figures["int8_images_per_second"],
+        "single_images_per_s": figures["int8_single_images_per_second"],
+        "fp32_single_images_per_s": figures["fp32_single_images_per_second"],
+        "single_image_speedup": figures["single_image_speedup"],
+        "method": figures["method"], "calibration_images": figures["calibration_images"],
     }
 
 
@@ -171,7 +198,7 @@ def choose_default(models: dict, min_images_per_s: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.package", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN[:NAME]",
+    p.add_argument("runs", nargs="*", metavar="RUN[:NAME]",
                    help="training output folders (their best.pt) or checkpoint files, each optionally with the "
                         "name it ships under (default: its architecture)")
     p.add_argument("--data", help="CIFAR-10 source (default $CIFAR10_DATA)")
@@ -183,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", metavar="{none,flip,flip_translate}",
                    help="test-time augmentation inside every exported graph (default: each run's recipe 'tta', "
                         "else none)")
+    p.add_argument("--requantize", nargs="+", metavar="NAME", default=[],
+                   help="only (re)make the int8 copy of these models already in --weights, and their entries' int8")
     args = p.parse_args(argv)
+    if not args.runs and not args.requantize:
+        p.error("give runs to package, or --requantize NAME...")
     weights = Path(args.weights)
     manifest_path = weights / "MANIFEST.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
@@ -199,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{entry['cpu_images_per_s']:,.0f} images/s on CPU"
                   f"{'' if entry['tta'] == 'none' else ', TTA ' + entry['tta'] + ' in the graph'} "
                   f"-> {weights / entry['onnx']}", flush=True)
+        for name in args.requantize:
+            if name not in manifest["models"] or not (weights / f"{name}.onnx").is_file():
+                raise ExportError(f"--requantize {name}: no such packaged model in {weights}")
+            figures = manifest["models"][name]["int8"] = package_int8(weights / f"{name}.onnx", args.data)
+            print(f"{name}: int8 {'served' if figures['served'] else 'not served'} "
+                  f"({figures['accuracy_drop_points']:+.2f} points lost, x{figures['single_image_speedup']} "
+                  f"one image at a time)", flush=True)
     except (CheckpointError, DataError, ExportError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -48,7 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(settings)
     app.json.sort_keys = False
     app.extensions["model_registry"] = ModelRegistry.load(
-        settings["MODELS_DIR"], settings["DEFAULT_MODEL"], settings["INTRA_OP_THREADS"])
+        settings["MODELS_DIR"], settings["DEFAULT_MODEL"], settings["INTRA_OP_THREADS"], settings["PRECISION"])
 
     errors.register_error_handlers(app)
     request_context.init_app(app)  # before metrics: a refused request is still counted

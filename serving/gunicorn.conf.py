@@ -94,7 +94,8 @@ def _verify_models(config: dict) -> tuple[bool, str]:
             from serving.models import ModelLoadError, ModelRegistry
 
             try:
-                registry = ModelRegistry.load(config["MODELS_DIR"], config["DEFAULT_MODEL"], config["INTRA_OP_THREADS"])
+                registry = ModelRegistry.load(config["MODELS_DIR"], config["DEFAULT_MODEL"], config["INTRA_OP_THREADS"],
+                                              config["PRECISION"])
                 ok, message = True, f"{', '.join(registry.names)} (default {registry.default_name})"
             except ModelLoadError as exc:
                 message = str(exc)

@@ -32,11 +32,13 @@ from common.contract import (
     IMAGE_SHAPE,
     INPUT_NAME,
     INPUT_ORT_TYPE,
+    INT8_SUFFIX,
     LOGITS,
     NO_TTA,
     OUTPUT_ORT_TYPE,
     PROBABILITIES,
     MetadataKey,
+    int8_preferred,
 )
 from common.text import first_line
 from serving import lifecycle
@@ -80,6 +82,19 @@ class LoadedModel:
         return _parse_accuracy(self.metadata.get(MetadataKey.TEST_ACCURACY, ""), self.path)
 
     @property
+    def quantization(self) -> dict | None:
+        """An int8 file's figures against its fp32 original (export.quantize), None for an fp32 file."""
+        try:
+            figures = json.loads(self.metadata.get(MetadataKey.QUANTIZATION) or "null")
+        except json.JSONDecodeError:
+            return None
+        return figures if isinstance(figures, dict) else None
+
+    @property
+    def precision(self) -> str:
+        return "int8" if MetadataKey.QUANTIZATION in self.metadata else "fp32"
+
+    @property
     def tta(self) -> str:
         """Test-time augmentation inside the graph (``flip``, ``flip_translate``), or ``none``."""
         return (self.metadata.get(MetadataKey.TTA) or "").strip() or NO_TTA
@@ -99,6 +114,7 @@ class LoadedModel:
             "test_accuracy": self.test_accuracy,
             "cpu_images_per_s": self.cpu_images_per_s,
             "tta": self.tta,
+            "precision": self.precision,
             "parameters": self.parameters,
             "sha256": self.sha256,
             "file_size": self.file_size,
@@ -239,15 +255,18 @@ class ModelRegistry:
 
     @classmethod
     def load(cls, models_dir: str | Path, default_model: str | None = None,
-             intra_op_threads: int = 1) -> ModelRegistry:
-        """The models of ``models_dir``: the bytes pinned at start-up under gunicorn, else the files on disk."""
+             intra_op_threads: int = 1, precision: str = "auto") -> ModelRegistry:
+        """The models of ``models_dir``: the bytes pinned at start-up under gunicorn, else the files on disk.
+        ``precision``: "auto" serves a model's int8 file under its name where it earns it, "fp32" never."""
         files = files_for(models_dir)
         models: dict[str, LoadedModel] = {}
         for name, data in files.models.items():
             model = load_model(files.path_of(name), intra_op_threads, data)
             models[model.name] = model
-            log.info("loaded model %s (%s, sha256 %s, test accuracy %s)", model.name, model.arch,
-                     model.sha256[:12], model.test_accuracy)
+        models = name_by_precision(models, prefer_int8=precision == "auto")
+        for model in models.values():
+            log.info("loaded model %s (%s, %s, sha256 %s, test accuracy %s)", model.name, model.arch,
+                     model.precision, model.sha256[:12], model.test_accuracy)
         manifest = parse_manifest(files)
         if manifest.error:
             if not default_model:  # it alone could name the default model: guessing one would hide the fault
@@ -265,6 +284,24 @@ class ModelRegistry:
         return cls(models, default, files)
 
 
+def name_by_precision(models: dict[str, LoadedModel], prefer_int8: bool) -> dict[str, LoadedModel]:
+    """Names for ``NAME.int8`` files (common.contract): NAME when the int8 copy earns it (and the fp32 file
+    becomes NAME-fp32), else NAME-int8; an int8 file without its fp32 original keeps the name NAME."""
+    for stem in sorted(s for s in models if s.endswith(INT8_SUFFIX)):
+        int8, base = models[stem], stem.removesuffix(INT8_SUFFIX)
+        if base not in models:
+            int8.name = base
+        elif prefer_int8 and int8_preferred(int8.quantization):
+            models[base].name, int8.name = f"{base}-fp32", base
+        else:
+            int8.name = f"{base}-int8"
+    named = {model.name: model for model in models.values()}
+    if len(named) != len(models):
+        clashes = sorted({m.name for m in models.values() if sum(o.name == m.name for o in models.values()) > 1})
+        raise ModelLoadError(f"two model files would both be served as {', '.join(clashes)}; rename one")
+    return named
+
+
 @dataclass(frozen=True)
 class Manifest:
     """MODELS_DIR/MANIFEST.json as the service uses it, read once at start-up.
@@ -280,8 +317,12 @@ class Manifest:
     error: str | None = None
 
     def lend_figures(self, model: LoadedModel) -> None:
-        """Give ``model`` the figures of its entry, if that entry measured this very file."""
-        entry = self.entries.get(model.name)
+        """Give ``model`` the figures of its entry (its ``int8`` part for an int8 file), if that entry
+        measured this very file."""
+        entry = self.entries.get(model.path.stem.removesuffix(INT8_SUFFIX))
+        parameters = entry.get("parameters") if entry is not None else None
+        if entry is not None and model.precision == "int8":
+            entry = entry.get("int8") if isinstance(entry.get("int8"), dict) else None
         if entry is None:
             return
         if entry.get("onnx_sha256") != model.sha256:
@@ -291,7 +332,6 @@ class Manifest:
                         "its figures are not shown", self.path, model.name, shown, model.sha256[:12])
             return
         model.cpu_images_per_s = _positive_number(entry.get("cpu_images_per_s"))
-        parameters = entry.get("parameters")
         model.parameters = parameters if type(parameters) is int and parameters > 0 else None  # not a bool
 
 

@@ -198,7 +198,8 @@ _SCHEMAS = {
     "ModelList": {"type": "object", "required": ["default_model", "models"], "properties": {
         "default_model": {"type": "string"},
         "models": {"type": "array", "items": {"type": "object", "required": [
-        "name", "arch", "classes", "test_accuracy", "cpu_images_per_s", "tta", "parameters", "sha256", "file_size",
+        "name", "arch", "classes", "test_accuracy", "cpu_images_per_s", "tta", "precision", "parameters", "sha256",
+        "file_size",
         "opset", "epochs", "source_checkpoint_sha256", "input", "outputs", "default"], "properties": {
         "name": {"type": "string"}, "arch": _NULLABLE_STRING,
         "classes": {"type": "array", "items": {"type": "string"}},
@@ -211,6 +212,9 @@ _SCHEMAS = {
         "tta": {"type": "string", "examples": ["none", "flip", "flip_translate"],
                 "description": "test-time augmentation inside the graph (each image is classified in several "
                                "variants and the answers averaged), or none"},
+        "precision": {"type": "string", "enum": ["fp32", "int8"],
+                      "description": "int8: the statically quantized copy of the model (NAME.int8.onnx); a model "
+                                     "served int8 under its own name has its fp32 file as NAME-fp32"},
         "parameters": {"type": ["integer", "null"], "exclusiveMinimum": 0,
                        "description": "trainable parameters; null without a manifest entry for this exact file"},
         "sha256": {"type": "string", "description": "sha256 of the served .onnx file"},

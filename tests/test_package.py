@@ -47,6 +47,29 @@ def test_package_writes_weights_manifest_and_curves(finished_run, data_archive, 
     assert (REPO_ROOT / entry["run_evidence"]).resolve() == evidence.resolve()  # recorded relative to the repo
     assert (evidence / "metrics.jsonl").read_text() == (finished_run / "metrics.jsonl").read_text()
     assert (evidence / "accuracy.png").stat().st_size > 0
+    # the int8 copy is measured; its file ships only where the service would serve it
+    int8 = entry["int8"]
+    assert 0 <= int8["test_accuracy"] <= 1 and int8["single_images_per_s"] > 0 and int8["cpu_images_per_s"] > 0
+    assert int8["served"] == (int8["accuracy_drop_points"] <= 0.3 and int8["single_image_speedup"] > 1)
+    assert (weights / "tutorial.int8.onnx").is_file() == int8["served"]
+
+
+def test_requantize_remakes_only_the_int8_part_of_packaged_models(finished_run, data_archive, tmp_path, capsys):
+    weights = tmp_path / "weights"
+    assert package_main([str(finished_run), "--data", str(data_archive), "--weights", str(weights),
+                         "--docs", str(tmp_path / "docs")]) == 0
+    manifest = json.loads((weights / "MANIFEST.json").read_text())
+    manifest["models"]["tutorial"]["int8"] = {"served": True, "stale": True}
+    (weights / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert package_main(["--requantize", "tutorial", "--data", str(data_archive), "--weights", str(weights)]) == 0
+    assert "tutorial: int8 " in capsys.readouterr().out
+    after = json.loads((weights / "MANIFEST.json").read_text())
+    assert "stale" not in after["models"]["tutorial"]["int8"] and after["models"]["tutorial"]["int8"]["method"]
+    assert {k: v for k, v in after["models"]["tutorial"].items() if k != "int8"} == {
+        k: v for k, v in manifest["models"]["tutorial"].items() if k != "int8"}
+    assert package_main(["--requantize", "nope", "--data", str(data_archive), "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --requantize nope: no such packaged model in {weights}"
 
 
 def test_package_of_a_non_checkpoint_is_one_line_and_writes_nothing(tmp_path, data_archive, capsys):
