@@ -46,6 +46,9 @@ from common.files import write_json  # noqa: E402  (the checkout's packages, not
 from common.paths import repo_relative, repo_relative_command  # noqa: E402
 from serving.config import default_intra_op_threads, load_config, process_settings, usable_cpus  # noqa: E402
 
+# Service settings that change what is measured: a run's command line shows the ones it had set.
+SETTINGS_RECORDED = ("PRECISION", "BATCH_MAX_IMAGES", "BATCH_WAIT_MS", "INTRA_OP_THREADS", "WORKER_CLASS",
+                     "REUSE_PORT")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
@@ -423,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "serve_load",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": repo_relative_command(shlex.join(["python", "benchmarks/serve_load.py",
-                                                     *(sys.argv[1:] if argv is None else argv)])),
+        "command": repo_relative_command(shlex.join([
+            *(f"{key}={os.environ[key]}" for key in SETTINGS_RECORDED if os.environ.get(key)),
+            "python", "benchmarks/serve_load.py", *(sys.argv[1:] if argv is None else argv)])),
         "machine": {"usable_cpus": usable_cpus(), "platform": platform.platform(),
                     "python": platform.python_version(), "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "service": {"workers": workers, "worker_class": settings["worker_class"],

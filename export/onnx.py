@@ -34,7 +34,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from common.contract import NO_TTA
+from common.contract import INT8_MAX_DROP_POINTS, NO_TTA
 from common.files import write_bytes, write_json
 from export import ExportError, ParityError
 from export.graph import DEFAULT_OPSET, check_graph, export_graph
@@ -72,7 +72,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
                       opset: int | None = None, parity_images: int | None = None,
                       data: str | os.PathLike | None = None, max_prob_diff: float = MAX_PROB_DIFF,
                       min_top1_agreement: float = MIN_TOP1_AGREEMENT, int8: bool = False,
-                      int8_max_drop: float = 0.5, calibration_images: int = 512,
+                      int8_max_drop: float = INT8_MAX_DROP_POINTS, calibration_images: int = 512,
                       triton_repo: str | os.PathLike | None = None, triton_max_batch: int = 256,
                       tta: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Export ``ckpt_path`` to ``out_path`` (default ``weights/<arch>.onnx``); return the parity report.
@@ -167,7 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-top1-agreement", type=float, default=MIN_TOP1_AGREEMENT,
                    help="smallest allowed share of images with the same top-1 class (default 1.0)")
     p.add_argument("--int8", action="store_true",
-                   help="also write NAME.int8.onnx (static quantization), kept if accuracy drops <= 0.5 points")
+                   help="also write NAME.int8.onnx (static quantization), kept if accuracy drops <= 0.3 points")
     p.add_argument("--calibration-images", type=int, default=512, help="training images for int8 calibration")
     p.add_argument("--triton-repo", help="also write a Triton/KServe model repository entry under this folder")
     p.add_argument("--triton-max-batch", type=int, default=256, help="max_batch_size in config.pbtxt")

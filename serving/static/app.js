@@ -39,6 +39,11 @@
     const label = element("label");
     label.append(radio, element("span", "name", m.name));
     if (m.default) label.append(element("span", "badge default", "default"));
+    if (m.precision === "int8") {
+      const int8 = element("span", "badge int8", "int8");
+      int8.title = "statically quantized copy: as accurate (see its test accuracy), faster on CPU";
+      label.append(int8);
+    }
     if (m.tta && m.tta !== "none") {
       const tta = element("span", "badge tta", "TTA: " + m.tta);
       const variants = { flip: "mirrored", flip_translate: "mirrored and shifted" }[m.tta] || "in other variants";
