@@ -115,3 +115,17 @@ def test_a_run_is_named_by_the_text_after_its_last_colon_when_that_is_a_name():
     assert split_run_name("runs/a:dwsep_step") == ("runs/a", "dwsep_step")
     assert split_run_name("runs/x:y:alt-1") == ("runs/x:y", "alt-1")
     assert split_run_name("runs/x:y/best.pt") == ("runs/x:y/best.pt", None)  # not a name: part of the path
+
+
+def test_the_default_is_chosen_on_the_figures_of_the_file_served_under_each_name():
+    from export.package import choose_default
+
+    models = {
+        "fast": {"test_accuracy": 0.87, "cpu_images_per_s": 7000.0},
+        # too slow in fp32, but its int8 copy is what the service serves under this name
+        "heavy": {"test_accuracy": 0.91, "cpu_images_per_s": 400.0,
+                  "int8": {"served": True, "test_accuracy": 0.909, "cpu_images_per_s": 1200.0}},
+    }
+    assert choose_default(models, 1000) == "heavy"
+    models["heavy"]["int8"]["served"] = False
+    assert choose_default(models, 1000) == "fast"
