@@ -38,12 +38,17 @@ WORKER_CLASS       (ours)     ``serving.worker.ServiceWorker`` (gevent with the 
 WORKER_CONNECTIONS 1000       connections one worker holds at once (gevent); more wait in the backlog
 KEEPALIVE          5          seconds an idle connection is kept, and the most a client may take to
                               send a request's headers; then it is dropped
+KEEPALIVE_REQUESTS 100        requests one connection may make; the last is answered with
+                              ``Connection: close`` and the client reconnects, so connections (and
+                              load) spread over the workers again after a worker restart; 0 = no limit
 DRAIN_SECONDS      5          after SIGTERM: seconds of answering with /readyz at 503 before the
                               listener closes; in-flight requests then get GRACEFUL_TIMEOUT more
 GRACEFUL_TIMEOUT   10         seconds in-flight requests may take to finish when stopping
 TIMEOUT            30         a worker silent this long (stuck in native code) is killed and replaced
-MAX_REQUESTS       20000      requests a worker answers before it is replaced (plus up to 10%
-                              random jitter), so memory cannot creep; 0 = never
+MAX_REQUESTS       200000     requests a worker answers before it is replaced (plus up to 10%
+                              random jitter), so memory cannot creep; 0 = never. (At 20000 a busy
+                              worker restarted every ~20 s and its keep-alive clients all moved to
+                              the other worker: 16 clients got ~1,100 instead of ~1,900 req/s)
 REUSE_PORT         0          1 = one SO_REUSEPORT socket per worker instead of one shared socket
 ACCESS_LOG         off        1 = one access-log line per request on stdout, with its X-Request-ID
 LOG_LEVEL          info       gunicorn's and the service's log level
@@ -194,6 +199,15 @@ def _non_negative_int(name: str, value: Any) -> int:
     return 0 if str(value).strip() == "0" else _positive_int(name, value)
 
 
+def _non_negative_float(name: str, value: Any) -> float:
+    """0, 0.0 or a positive number (gunicorn.conf.py hands DRAIN_SECONDS on to the workers as "0.0")."""
+    try:
+        zero = float(str(value).strip()) == 0
+    except ValueError:
+        zero = False
+    return 0.0 if zero else _positive_float(name, value)
+
+
 def _switch(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -213,11 +227,11 @@ def process_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         "worker_connections": _positive_int("WORKER_CONNECTIONS", get("WORKER_CONNECTIONS", "1000")),
         "threads": _positive_int("THREADS", get("THREADS", "1")),
         "keepalive": _positive_int("KEEPALIVE", get("KEEPALIVE", "5")),
-        "drain_seconds": 0.0 if get("DRAIN_SECONDS", "5").strip() == "0"
-        else _positive_float("DRAIN_SECONDS", get("DRAIN_SECONDS", "5")),
+        "keepalive_requests": _non_negative_int("KEEPALIVE_REQUESTS", get("KEEPALIVE_REQUESTS", "100")),
+        "drain_seconds": _non_negative_float("DRAIN_SECONDS", get("DRAIN_SECONDS", "5")),
         "graceful_timeout": _positive_float("GRACEFUL_TIMEOUT", get("GRACEFUL_TIMEOUT", "10")),
         "timeout": _positive_int("TIMEOUT", get("TIMEOUT", "30")),
-        "max_requests": _non_negative_int("MAX_REQUESTS", get("MAX_REQUESTS", "20000")),
+        "max_requests": _non_negative_int("MAX_REQUESTS", get("MAX_REQUESTS", "200000")),
         "reuse_port": _switch(get("REUSE_PORT", "0")),
         "access_log": _switch(get("ACCESS_LOG", "")),
         "log_level": get("LOG_LEVEL", "info"),

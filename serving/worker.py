@@ -34,7 +34,7 @@ import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from serving import lifecycle
-from serving.config import ConfigError, load_config
+from serving.config import ConfigError, load_config, process_settings
 
 # A request's last chance to finish after the app's own deadlines (writing a small JSON answer).
 _HARD_DEADLINE_MARGIN = 5.0
@@ -49,9 +49,15 @@ class ServiceWorker(GeventWorker):
         self.read_timeout = config["READ_TIMEOUT"]
         self.hard_deadline = config["REQUEST_TIMEOUT"] + config["READ_TIMEOUT"] + _HARD_DEADLINE_MARGIN
         self.drain_seconds = float(os.environ.get("DRAIN_SECONDS", "0") or 0)
+        try:
+            self.keepalive_requests = process_settings()["keepalive_requests"]
+        except ConfigError:
+            self.keepalive_requests = 0  # the master validated the settings before forking; not reached
         super().init_process()
 
     def handle_request(self, listener_name, req, sock, addr):
+        if self.keepalive_requests and req.req_number >= self.keepalive_requests:
+            req.must_close = True  # answered with "Connection: close"; the client's next connection may go elsewhere
         sock.settimeout(self.read_timeout)
         deadline = gevent.Timeout(self.hard_deadline)
         deadline.start()

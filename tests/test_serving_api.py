@@ -488,6 +488,22 @@ def test_bad_settings_are_refused(weights, setting, value):
         serving.create_app({"MODELS_DIR": str(weights), setting: value})
 
 
+def test_process_settings_read_back_what_the_master_hands_on():
+    """gunicorn.conf.py writes DRAIN_SECONDS back as "0.0"; each worker reads the settings again and must
+    accept that (a refusal there once switched KEEPALIVE_REQUESTS off in every worker)."""
+    from serving.config import process_settings
+
+    for drain in ("0", "0.0", " 0 "):
+        assert process_settings({"DRAIN_SECONDS": drain})["drain_seconds"] == 0.0
+    assert process_settings({"DRAIN_SECONDS": "2.5"})["drain_seconds"] == 2.5
+    settings = process_settings({})
+    assert (settings["keepalive_requests"], settings["max_requests"]) == (100, 200_000)
+    assert process_settings({"KEEPALIVE_REQUESTS": "0"})["keepalive_requests"] == 0
+    for setting, value in (("DRAIN_SECONDS", "-1"), ("DRAIN_SECONDS", "soon"), ("KEEPALIVE_REQUESTS", "-5")):
+        with pytest.raises(serving.ConfigError, match=setting):
+            process_settings({setting: value})
+
+
 def test_the_service_never_imports_torch(weights, jpegs, tmp_path):
     """Run the service in a fresh interpreter where importing torch or torchvision fails."""
     (tmp_path / "cat.jpg").write_bytes(jpegs[3][2])

@@ -202,6 +202,28 @@ def test_open_inference_protocol_with_tritonclient(server, weights):
     client.close()
 
 
+def test_a_keep_alive_connection_is_closed_after_keepalive_requests(server):
+    """KEEPALIVE_REQUESTS (default 100): the 100th answer on one connection says Connection: close and the
+    connection ends, so that clients reconnect and spread over the workers again (after a worker restart,
+    every client of the restarted worker had moved to the other one and stayed there)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for number in range(1, 101):
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            closing = (response.getheader("Connection") or "").lower() == "close"
+            assert closing == (number == 100), f"request {number}: Connection: {response.getheader('Connection')}"
+        assert connection.sock is None  # http.client closed it, as the answer asked
+        connection.request("GET", "/healthz")  # a new connection, transparently
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
 def test_concurrent_clients_get_the_single_request_answers(server, jpegs):
     """16 threads x 100 requests: no errors, every answer equal to the sequential single-request answer."""
     images = [(name, data) for _, name, data in jpegs[:8]]
