@@ -614,6 +614,9 @@ def plot(servers: list[dict], path: Path, model: str) -> None:
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=server["name"])
     ax.set_xscale("log", base=2)
+    clients = sorted({lv["clients"] for server in servers for lv in server.get("levels", [])})
+    ax.set_xticks(clients, [str(c) for c in clients])
+    ax.minorticks_off()
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("requests/s")
     ax.set_title(f"{model}: single-image requests on {usable_cpus()} shared cores")
