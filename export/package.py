@@ -27,6 +27,11 @@ invocation cannot share a NAME. For each run:
 6. the run's evidence (``metrics.jsonl`` and its loss/accuracy/LR/confusion PNGs) copied to
    ``docs/runs/<run folder name>/``, so the curves the README shows come from the run that made the weights.
 
+``--remeasure NAME... | all`` only measures again the CPU speed of packaged models (their ONNX files
+and int8 copies, batched and one image at a time) and chooses the default again: the default is picked
+on these figures, so they should all come from one quiet machine, not from packaging runs made while
+trainings shared the cores.
+
 Paths in the manifest (the run's command, its evidence folder) are relative to the repository.
 The manifest's ``default_model`` (what the service loads by default) is the most accurate model
 whose CPU throughput is at least ``--min-default-images-per-s``, unless ``--default`` names one.
@@ -53,7 +58,7 @@ from common.paths import repo_relative, repo_relative_command
 from export import ExportError
 from export.onnx import check_tta, export_checkpoint, file_sha256
 from export.onnx_accuracy import EvaluationError, measure_onnx_accuracy
-from export.quantize import images_per_second, int8_path, quantize_model
+from export.quantize import images_per_second, int8_path, quantize_model, single_image_rate
 from training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -126,8 +131,7 @@ def package_run(run: str | os.PathLike, name: str, weights: Path, data: str | No
         if path.stat().st_size >= MAX_FILE_BYTES:
             raise ExportError(f"{path} is {path.stat().st_size / 2**20:.1f} MiB, over the 16 MiB limit")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    test_images = load_cifar10(data).test_images
-    timing = test_images[np.arange(THROUGHPUT_IMAGES) % len(test_images)]
+    timing = timing_images(data)
     metrics = last.get("metrics", [])
     run_args = RunArgs.of(ckpt)
     run_command = run_args.command or command or ""
@@ -181,6 +185,29 @@ def package_int8(onnx_path: Path, data: str | None) -> dict:
     }
 
 
+def timing_images(data: str | None) -> np.ndarray:
+    """The THROUGHPUT_IMAGES test images every speed figure of the manifest is measured on."""
+    test_images = load_cifar10(data).test_images
+    return test_images[np.arange(THROUGHPUT_IMAGES) % len(test_images)]
+
+
+def remeasure_speed(entry: dict, weights: Path, timing: np.ndarray) -> None:
+    """Measure ``entry``'s files again (in place): batched images/s of the ONNX file and, where an int8 copy
+    is shipped, its batched and one-image rates against the fp32 file's one-image rate."""
+    onnx_path = weights / entry["onnx"]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    entry["cpu_images_per_s"] = round(images_per_second(session, timing), 1)
+    entry["cpu_measured"] = datetime.now(timezone.utc).date().isoformat()
+    int8 = entry.get("int8")
+    if isinstance(int8, dict) and int8.get("onnx") and (weights / int8["onnx"]).is_file():
+        int8_file = weights / int8["onnx"]
+        int8["cpu_images_per_s"] = round(images_per_second(
+            ort.InferenceSession(str(int8_file), providers=["CPUExecutionProvider"]), timing), 1)
+        int8["fp32_single_images_per_s"] = round(single_image_rate(onnx_path, timing), 1)
+        int8["single_images_per_s"] = round(single_image_rate(int8_file, timing), 1)
+        int8["single_image_speedup"] = round(int8["single_images_per_s"] / int8["fp32_single_images_per_s"], 3)
+
+
 def recipe_name(ckpt: Checkpoint, command: str) -> str:
     """The named recipe a run used: recorded by training, else read off its command, else the documented one."""
     recorded = RunArgs.of(ckpt).recipe_name
@@ -219,9 +246,12 @@ def main(argv: list[str] | None = None) -> int:
                         "else none)")
     p.add_argument("--requantize", nargs="+", metavar="NAME", default=[],
                    help="only (re)make the int8 copy of these models already in --weights, and their entries' int8")
+    p.add_argument("--remeasure", nargs="+", metavar="NAME", default=[],
+                   help="only measure again the CPU speed of these packaged models ('all': every one) and choose "
+                        "the default again; do it on a quiet machine, for every model at once")
     args = p.parse_args(argv)
-    if not args.runs and not args.requantize:
-        p.error("give runs to package, or --requantize NAME...")
+    if not args.runs and not args.requantize and not args.remeasure:
+        p.error("give runs to package, --requantize NAME... or --remeasure NAME...")
     weights = Path(args.weights)
     manifest_path = weights / "MANIFEST.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
@@ -244,6 +274,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: int8 {'served' if figures['served'] else 'not served'} "
                   f"({figures['accuracy_drop_points']:+.2f} points lost, x{figures['single_image_speedup']} "
                   f"one image at a time)", flush=True)
+        remeasure = sorted(manifest["models"]) if args.remeasure == ["all"] else args.remeasure
+        for name in remeasure:
+            if name not in manifest["models"] or not (weights / manifest["models"][name]["onnx"]).is_file():
+                raise ExportError(f"--remeasure {name}: no such packaged model in {weights}")
+        timing = timing_images(args.data) if remeasure else None
+        for name in remeasure:
+            entry = manifest["models"][name]
+            remeasure_speed(entry, weights, timing)
+            print(f"{name}: {entry['cpu_images_per_s']:,.0f} images/s" + (
+                f", int8 {entry['int8']['cpu_images_per_s']:,.0f} images/s (one at a time "
+                f"x{entry['int8']['single_image_speedup']})" if served_figures(entry) is not entry else ""), flush=True)
     except (CheckpointError, DataError, ExportError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

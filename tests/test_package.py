@@ -72,6 +72,31 @@ def test_requantize_remakes_only_the_int8_part_of_packaged_models(finished_run, 
     assert err == f"error: --requantize nope: no such packaged model in {weights}"
 
 
+def test_remeasure_renews_only_the_speed_figures_and_the_default(finished_run, data_archive, tmp_path, capsys):
+    """Speeds measured while trainings shared the cores would choose the default on unequal terms:
+    --remeasure measures them again, and only them."""
+    weights = tmp_path / "weights"
+    assert package_main([str(finished_run), "--data", str(data_archive), "--weights", str(weights),
+                         "--docs", str(tmp_path / "docs")]) == 0
+    manifest = json.loads((weights / "MANIFEST.json").read_text())
+    manifest["models"]["tutorial"]["cpu_images_per_s"] = 1.0  # as if measured on a machine far too busy
+    (weights / "MANIFEST.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert package_main(["--remeasure", "all", "--data", str(data_archive), "--weights", str(weights)]) == 0
+    assert capsys.readouterr().out.startswith("tutorial: ")
+    after = json.loads((weights / "MANIFEST.json").read_text())
+    entry = after["models"]["tutorial"]
+    assert entry["cpu_images_per_s"] > 100 and entry["cpu_measured"]
+    speed_keys = {"cpu_images_per_s", "cpu_measured", "int8"}
+    assert {k: v for k, v in entry.items() if k not in speed_keys} == {
+        k: v for k, v in manifest["models"]["tutorial"].items() if k not in speed_keys}
+    int8_before, int8_after = manifest["models"]["tutorial"]["int8"], entry["int8"]
+    assert {k for k in int8_before if int8_before[k] != int8_after[k]} <= {
+        "cpu_images_per_s", "single_images_per_s", "fp32_single_images_per_s", "single_image_speedup"}
+    assert package_main(["--remeasure", "nope", "--data", str(data_archive), "--weights", str(weights)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --remeasure nope: no such packaged model in {weights}"
+
+
 def test_package_of_a_non_checkpoint_is_one_line_and_writes_nothing(tmp_path, data_archive, capsys):
     bogus = tmp_path / "best.pt"
     bogus.write_bytes(b"not a checkpoint")
