@@ -12,8 +12,12 @@
    client.
 3. Stops the service and runs the bare loop: one process per usable core, each decoding, resizing
    (``serving.uploads.decode``, the service's own preprocessing) and classifying one image per
-   ``session.run`` with one onnxruntime thread, with no HTTP at all.
-4. Writes everything to ``benchmarks/results/serve_load.json``; ``ratio`` is the best service
+   ``session.run`` with one onnxruntime thread, with no HTTP at all. Then the served file alone on one
+   thread at batch sizes 1, 4, 16 and 64: what batching can save per image on this CPU.
+4. Where the CPU goes, with wrk: each level records the CPU seconds gunicorn's processes (master and
+   workers, from ``/proc``) and wrk spent per answered request; the empty Flask app's best level and the
+   bare loop's CPU per image (decode + model) give the floor of each part.
+5. Writes everything to ``benchmarks/results/serve_load.json``; ``ratio`` is the best service
    throughput over the bare loop's.
 
 The images are real CIFAR-10 test JPEGs (``--data``, default ``../shared/data/cifar10-jpeg.tar.gz``);
@@ -28,6 +32,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -215,8 +220,37 @@ end
 WRK_BOUNDARY = "serve-load-wrk-boundary-7f3a9c"
 
 
-def run_level_wrk(port: int, images: list[bytes], concurrency: int, warmup: float, duration: float) -> dict:
-    """The same load from wrk (C, one thread, epoll): the client takes far less of the shared CPU."""
+def process_tree_cpu_seconds(root_pid: int) -> float:
+    """User + system CPU seconds of ``root_pid`` and all its descendants (gunicorn's master and workers)."""
+    parents, times = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(times.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_level_wrk(port: int, images: list[bytes], concurrency: int, warmup: float, duration: float,
+                  server_pid: int | None = None) -> dict:
+    """The same load from wrk (C, one thread, epoll): the client takes far less of the shared CPU.
+
+    With ``server_pid`` (gunicorn's master) the measured part also records the server's and wrk's CPU
+    per request."""
     folder = Path(tempfile.mkdtemp(prefix="serve-load-wrk-"))
     for i, data in enumerate(images):
         (folder / f"body-{i}").write_bytes(
@@ -237,7 +271,14 @@ def run_level_wrk(port: int, images: list[bytes], concurrency: int, warmup: floa
     if warmup:
         wrk(warmup)
     load_before = os.getloadavg()[0]
+    server_before = process_tree_cpu_seconds(server_pid) if server_pid else None
+    client_before = children_cpu_seconds()
     r = wrk(duration)
+    cpu = {}
+    if server_pid and r["requests"]:
+        cpu = {"server_cpu_ms_per_request": round((process_tree_cpu_seconds(server_pid) - server_before)
+                                                  / r["requests"] * 1000, 3),
+               "client_cpu_ms_per_request": round((children_cpu_seconds() - client_before) / r["requests"] * 1000, 3)}
     return {
         "concurrency": concurrency,
         "requests": r["requests"],
@@ -246,6 +287,7 @@ def run_level_wrk(port: int, images: list[bytes], concurrency: int, warmup: floa
         "latency_ms": {"p50": round(r["p50"], 2), "p95": round(r["p95"], 2), "p99": round(r["p99"], 2)},
         "mean_latency_ms": round(r["mean"], 2),
         "loadavg_1m_before": round(load_before, 2),
+        **cpu,
     }
 
 
@@ -264,11 +306,12 @@ def _bare_worker(model_path: str, images: list[bytes], offset: int, start: float
     done, i = 0, offset
     while time.perf_counter() < start:
         time.sleep(0.001)
+    cpu_start = time.process_time()
     while time.perf_counter() < stop:
         session.run([PROBABILITIES], {INPUT_NAME: decode(images[i % len(images)], max_pixels)[np.newaxis]})
         i += 1
         done += 1
-    results.put(done)
+    results.put((done, time.process_time() - cpu_start))
 
 
 def served_model_file(models_dir: Path, sha256: str) -> Path:
@@ -291,11 +334,38 @@ def bare_loop(model_path: Path, images: list[bytes], processes: int, duration: f
     load_before = os.getloadavg()[0]
     for p in procs:
         p.start()
-    counts = [results.get(timeout=duration + 120) for _ in procs]
+    counts, cpu = zip(*[results.get(timeout=duration + 120) for _ in procs], strict=True)
     for p in procs:
         p.join()
     return {"processes": processes, "images": sum(counts), "images_per_s": round(sum(counts) / duration, 1),
+            "cpu_ms_per_image": round(sum(cpu) / max(1, sum(counts)) * 1000, 3),
             "loadavg_1m_before": round(load_before, 2)}
+
+
+def one_thread_batch_rates(model_path: Path, images: list[bytes], max_pixels: int, sizes=(1, 4, 16, 64),
+                           seconds: float = 2.0) -> dict[str, float]:
+    """Images/s of ``session.run`` alone (decoded images, one onnxruntime thread) per batch size: the
+    most that dynamic batching can save per image on this CPU."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from common.contract import INPUT_NAME, PROBABILITIES
+    from serving.models import session_options
+    from serving.uploads import decode
+
+    session = ort.InferenceSession(str(model_path), sess_options=session_options(1),
+                                   providers=["CPUExecutionProvider"])
+    decoded = np.stack([decode(data, max_pixels) for data in images[:64]])
+    rates = {}
+    for size in sizes:
+        batch = np.resize(decoded, (size, *decoded.shape[1:]))
+        session.run([PROBABILITIES], {INPUT_NAME: batch})
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            session.run([PROBABILITIES], {INPUT_NAME: batch})
+            done += size
+        rates[str(size)] = round(done / (time.perf_counter() - start), 1)
+    return rates
 
 
 def free_port() -> int:
@@ -380,9 +450,9 @@ def main(argv: list[str] | None = None) -> int:
             env[key] = str(value)
     requests = [predict_request(port, data, f"test-{i}.jpg") for i, data in enumerate(images)]
 
-    def measure(concurrency: int) -> dict:
+    def measure(concurrency: int, server: subprocess.Popen) -> dict:
         if args.client == "wrk":
-            return run_level_wrk(port, images, concurrency, args.warmup, args.duration)
+            return run_level_wrk(port, images, concurrency, args.warmup, args.duration, server.pid)
         return run_level(port, requests, concurrency, args.warmup, args.duration)
 
     log_path = Path(tempfile.mkdtemp(prefix="serve-load-")) / "gunicorn.log"
@@ -396,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"first prediction {first_prediction_s:.2f} s after launch; model {model}", flush=True)
         levels = []
         for concurrency in args.concurrency:
-            level = measure(concurrency)
+            level = measure(concurrency, proc)
             levels.append(level)
             print(f"  {concurrency:>3} clients: {level['requests_per_s']:>8.1f} req/s  "
                   f"p50 {level['latency_ms']['p50']:.2f}  p95 {level['latency_ms']['p95']:.2f}  "
@@ -407,15 +477,18 @@ def main(argv: list[str] | None = None) -> int:
     # The same gunicorn settings around an app that only reads the upload: HTTP + Flask alone.
     floor_proc, _ = start_service(port, env, requests[0], log_path.with_name("floor.log"), "benchmarks.empty_app:app")
     try:
-        floor = max(measure(c)["requests_per_s"] for c in args.concurrency)
+        floor_level = max((measure(c, floor_proc) for c in args.concurrency), key=lambda level: level["requests_per_s"])
     finally:
         stop_service(floor_proc)
+    floor = floor_level["requests_per_s"]
     print(f"  empty Flask app under the same gunicorn: {floor:.1f} req/s", flush=True)
 
     max_pixels = int(os.environ.get("MAX_IMAGE_PIXELS", "64000000"))
     served_file = served_model_file(models_dir, info["sha256"])  # NAME.int8.onnx where the service serves int8
     bare = bare_loop(served_file, images, usable_cpus(), args.duration, max_pixels)
     print(f"  bare loop ({bare['processes']} processes): {bare['images_per_s']:.1f} images/s", flush=True)
+    batch_rates = one_thread_batch_rates(served_file, images, max_pixels)
+    print(f"  {served_file.name} alone, one thread, images/s by batch size: {batch_rates}", flush=True)
     best = max(level["requests_per_s"] for level in levels)
     ratio = round(best / bare["images_per_s"], 3) if bare["images_per_s"] else None
     print(f"  best service throughput / bare loop = {ratio}", flush=True)
@@ -444,12 +517,16 @@ def main(argv: list[str] | None = None) -> int:
         "levels": levels,
         "client": args.client,
         "empty_flask_app_requests_per_s": floor,
+        "empty_flask_app_best_level": floor_level,
         "bare_loop": bare,
+        "one_thread_images_per_s_by_batch_size": batch_rates,
         "best_service_requests_per_s": best,
         "ratio_service_to_bare": ratio,
         "target_ratio": 0.8,
         "note": "client processes, gunicorn and the bare loop share the same cores; loadavg_1m_before shows "
-                "how busy the machine was when each measurement started",
+                "how busy the machine was when each measurement started; server_cpu_ms_per_request is the CPU "
+                "of gunicorn's master and workers per answered request over the measured seconds, "
+                "client_cpu_ms_per_request wrk's",
     }
     write_json(args.out, result, sort_keys=False)
     print(f"wrote {args.out}")
