@@ -18,6 +18,7 @@ from serving.request_body import read_body
 bp = Blueprint("api", __name__)
 
 FIELD = "img"
+RAW_BINARY_TYPES = ("application/octet-stream", "")  # "": no Content-Type header
 _TOPK = re.compile(r"[0-9]{1,3}")
 _MAX_FIELDS = 16  # form fields besides the images (topk, model, and a few a client may add)
 _MAX_FIELD_BYTES = 1024
@@ -59,11 +60,12 @@ def _read_request() -> tuple[list[Upload], dict[str, str]]:
             raise ApiError(400, f"no file in multipart field {FIELD!r} "
                                 + (f"(the request has fields: {found})" if found else "(the form is empty)"))
         return uploads, fields
-    if mimetype.startswith("image/"):
+    # A raw body: the decoder reads the format from the bytes themselves, so a generic binary type, or
+    # none at all (RFC 9110 8.3 lets the recipient examine the data), is as good as image/*.
+    if mimetype.startswith("image/") or mimetype in RAW_BINARY_TYPES:
         return [Upload(None, read_body())], {}
-    shown = mimetype or "none"
-    raise ApiError(415, f"unsupported content type {shown!r}: send multipart/form-data with the image in "
-                        f"field {FIELD!r}, or the raw image bytes with an image/* content type")
+    raise ApiError(415, f"unsupported content type {mimetype!r}: send multipart/form-data with the image in "
+                        f"field {FIELD!r}, or the raw image bytes as the body (image/* or application/octet-stream)")
 
 
 def _describe(index: int, filename: str | None, count: int) -> str:

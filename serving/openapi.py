@@ -133,14 +133,16 @@ def _paths(max_batch: int) -> dict:
              **_errors(400, 401, 404, 408, 413, 415, 500)},
             predict_params,
             description="Multipart field `img` (repeat it to classify several images as one batch, at most "
-                        f"{max_batch}), or the raw image as the body with an image/* content type. Any "
+                        f"{max_batch}), or the raw image as the body (image/*, application/octet-stream, or no "
+                        "Content-Type: the format is read from the bytes). Any "
                         "Pillow-readable format; EXIF orientation applied; converted to RGB; centre square cropped "
                         "and resized to 32x32 with an antialiasing bicubic filter.",
             requestBody={"required": True, "content": {
                 "multipart/form-data": {"schema": {"type": "object", "required": ["img"], "properties": {
                     "img": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     "topk": {"type": "integer"}, "model": {"type": "string"}}}},
-                "image/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             security=BEARER)},
         "/models": {"get": _operation(
             "Loaded models: classes, test accuracy, CPU speed, test-time augmentation, file sha256",

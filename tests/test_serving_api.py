@@ -130,7 +130,11 @@ def test_several_images_are_one_batch_answered_in_order(client, weights, jpegs):
         assert result["predictions"] == single["predictions"]
 
 
-@pytest.mark.parametrize("content_type, fmt", [("image/png", "PNG"), ("image/jpeg", "JPEG"), ("image/webp", "WEBP")])
+# The format comes from the bytes: a generic binary type, a wrong image subtype or no Content-Type at all
+# (`requests.post(url, data=...)` sends none) classify the same image the same way.
+@pytest.mark.parametrize("content_type, fmt", [("image/png", "PNG"), ("image/jpeg", "JPEG"), ("image/webp", "WEBP"),
+                                               ("application/octet-stream", "PNG"), (None, "JPEG"),
+                                               ("image/png", "JPEG")])
 def test_a_raw_image_body_works(client, jpegs, content_type, fmt):
     pixels = Image.open(io.BytesIO(jpegs[1][2]))
     out = io.BytesIO()
@@ -186,8 +190,12 @@ BAD_UPLOADS = [
                  id="model-file-name"),
     pytest.param(lambda c: c.post("/predict", data=b'{"img": "x"}', content_type="application/json"), 415,
                  "unsupported content type 'application/json'", id="json-body"),
-    pytest.param(lambda c: c.post("/predict", data=png_bytes()), 415, "unsupported content type 'none'",
-                 id="no-content-type"),
+    pytest.param(lambda c: c.post("/predict", data=b"plain text, no pixels\n" * 10), 400, "image: .*not an image",
+                 id="no-content-type-not-an-image"),
+    pytest.param(lambda c: c.post("/predict", data=b"", content_type="application/octet-stream"), 400, "empty",
+                 id="empty-octet-stream"),
+    pytest.param(lambda c: c.post("/predict", data=png_bytes(), content_type="text/plain"), 415,
+                 r"unsupported content type 'text/plain'.*application/octet-stream", id="text-body"),
     pytest.param(lambda c: c.post("/predict", data="img=abc", content_type="application/x-www-form-urlencoded"), 415,
                  "unsupported content type", id="urlencoded-form"),
     pytest.param(lambda c: c.post("/predict", data=b"--x\r\nContent-Disposition: form-data; name=\"img\"\r\n\r\nab",
