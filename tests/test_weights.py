@@ -77,7 +77,11 @@ def test_onnx_accuracy_on_a_fixed_slice_is_close_to_the_manifest(name, cifar):
     predicted = np.concatenate([session.run(["logits"], {"image": images[i:i + 250]})[0].argmax(1)
                                 for i in range(0, SLICE, 250)])
     accuracy = float((predicted == labels).mean())
-    assert abs(accuracy - entry["test_accuracy"]) <= 0.015, (accuracy, entry["test_accuracy"])
+    # A slice's accuracy is a binomial sample of the 10,000-image figure: allow four standard errors
+    # (about 5 points at 77%, 4 at 87%; a fixed 1.5 points failed a correct model at 79.1% against 77.2%).
+    # Wrong or untrained weights miss by far more; exact agreement is the next test's and export's parity.
+    p = entry["test_accuracy"]
+    assert abs(accuracy - p) <= 4 * (p * (1 - p) / SLICE) ** 0.5, (accuracy, p)
 
 
 @pytest.mark.parametrize("name", MODELS)
