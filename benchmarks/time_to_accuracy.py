@@ -28,6 +28,34 @@ from common.paths import repo_relative_command
 THRESHOLDS = (0.80, 0.85, 0.87, 0.90, 0.93, 0.94)
 
 
+# training.run logs its precision and threads, then the epochs this invocation will train.
+INVOCATION = re.compile(r"^precision: (.*)\n.*\bepochs (\d+)\.\.", re.MULTILINE)
+
+
+def training_setting(log_text: str, epochs: int) -> str:
+    """The run's precision and threads from its log; where resumed invocations changed the thread
+    count, which epochs ran how (a run started on one thread and resumed on two is not a one-thread run).
+    """
+    spans: list[tuple[int, str, str]] = []  # (first epoch, threads, the line)
+    for match in INVOCATION.finditer(log_text):
+        line, first = match.group(1), int(match.group(2))
+        threads = re.search(r"(\d+) CPU thread", line)
+        threads = threads.group(1) if threads else line
+        if spans and spans[-1][1] == threads:
+            continue
+        spans.append((first, threads, line))
+    if not spans:
+        match = re.search(r"^precision: (.*)$", log_text, re.MULTILINE)
+        return match.group(1) if match else ""
+    if len(spans) == 1:
+        return spans[0][2]
+    parts = []
+    for i, (first, _, line) in enumerate(spans):
+        last = spans[i + 1][0] - 1 if i + 1 < len(spans) else epochs
+        parts.append(f"epoch {first}: {line}" if first == last else f"epochs {first}-{last}: {line}")
+    return ", then ".join(parts)
+
+
 def run_summary(folder: Path, thresholds=THRESHOLDS) -> dict | None:
     metrics_path = folder / "metrics.jsonl"
     if not metrics_path.is_file():
@@ -42,10 +70,7 @@ def run_summary(folder: Path, thresholds=THRESHOLDS) -> dict | None:
             if acc >= t and f"{t:.2f}" not in reached:
                 reached[f"{t:.2f}"] = {"seconds": round(elapsed, 1), "epoch": row["epoch"]}
     log = folder / "log.txt"
-    setting = ""
-    if log.is_file():
-        match = re.search(r"^precision: (.*)$", log.read_text(), re.MULTILINE)
-        setting = match.group(1) if match else ""
+    setting = training_setting(log.read_text(), len(rows)) if log.is_file() else ""
     setting = setting or "not recorded (fp32 NCHW: trained before --precision existed)"
     return {"run": folder.name, "epochs": len(rows), "train_seconds": round(elapsed, 1),
             "final_test_acc": rows[-1].get("test_acc_tta", rows[-1].get("test_acc")) if rows else None,
