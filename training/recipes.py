@@ -169,6 +169,15 @@ RECIPES: dict[str, Recipe] = {
         model="backbone6", epochs=40, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=1e-4,
         schedule="onecycle", warmup_fraction=0.3, grad_clip_value=0.1, augment=_SEED4_AUGMENT,
         source="seed 004 (Adam, one-cycle 1e-3 30%, wd, clip, crop/reflect, flip, jitter, stats)"),
+    # Not documented: seed 004's network with the optimizer that trains VGG-style BatchNorm nets best on
+    # CIFAR (SGD-Nesterov, one-cycle peak 0.1, wd 5e-4 on a mean loss), label smoothing 0.1 and 8-pixel
+    # cutout on top of seed 004's augmentation, and flip TTA in the graph, because the documented
+    # recipe overfits (train 97.7%, validation loss flat from epoch 32; 89.37% test, target 92%).
+    "backbone6_sgd": Recipe(
+        model="backbone6", epochs=40, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+        weight_decay=5e-4, schedule="onecycle", warmup_fraction=0.3, label_smoothing=0.1, tta="flip",
+        augment=dataclasses.replace(_SEED4_AUGMENT, cutout=8),
+        source="ours: seed 004's network and augmentation with one-cycle SGD, label smoothing, cutout, flip TTA"),
     "whitened_vgg_fast": _AIRBENCH94,
     # airbench96 (legacy/airbench96.py, the paper's 96% method): as airbench94 with lr 9.0 and wd 0.012 per
     # 1024 (-> lr 1.17, weight_decay 1.33e-3), 10% warm-up then linear decay to 0, 37 epochs, 4-pixel
