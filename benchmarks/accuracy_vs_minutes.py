@@ -34,16 +34,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from time_to_accuracy import read_metrics
+
 from common.files import write_json
 from common.paths import REPO_ROOT as ROOT
 from common.paths import repo_relative_command
-
-
-def read_metrics(folder: Path) -> list[dict]:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def epochs_for(minutes: float, seconds_per_epoch: float) -> int:

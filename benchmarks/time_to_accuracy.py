@@ -56,11 +56,18 @@ def training_setting(log_text: str, epochs: int) -> str:
     return ", then ".join(parts)
 
 
+def read_metrics(folder: Path) -> list[dict]:
+    """A run's epoch rows from its ``metrics.jsonl`` (none when it has no such file)."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def run_summary(folder: Path, thresholds=THRESHOLDS) -> dict | None:
-    metrics_path = folder / "metrics.jsonl"
-    if not metrics_path.is_file():
+    if not (folder / "metrics.jsonl").is_file():
         return None
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(folder)
     elapsed, reached, best = 0.0, {}, 0.0
     for row in rows:
         elapsed += row.get("epoch_seconds", 0.0)
