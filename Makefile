@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # constraints.txt is the lock (see `lock` below): every install takes its exact versions.
-PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+# PIP_EXTRA: more pip options, e.g. PyTorch's CPU wheel index (README, "torch without CUDA").
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt $(PIP_EXTRA)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: serve test lint bench lock clean
+.PHONY: serve dev test lint bench lock lock-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,9 @@ $(VENV)/.dev-installed: $(BIN)/python pyproject.toml constraints.txt
 serve: $(VENV)/.serve-installed
 	$(BIN)/gunicorn --config serving/gunicorn.conf.py 'serving:create_app()'
 
-test: $(VENV)/.dev-installed
+dev: $(VENV)/.dev-installed
+
+test: $(VENV)/.dev-installed lock-check
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -41,20 +44,24 @@ bench: $(VENV)/.dev-installed
 # constraints.in. pip-tools lives in a throwaway venv outside the project, so it never becomes one of its
 # dependencies. Pins already in the lock are kept (add a dependency, and only it and what it needs get
 # pinned); `make lock UPGRADE=1` moves every package to the newest release the constraints allow.
-# The lock is compiled with this machine's Python (3.11) but the Docker image runs 3.12, so every pin
-# must also have a CPython 3.12 wheel for the image's glibc: the last step downloads them to prove it
-# (torch aside: its pin is a local cp311 CPU build, and the image installs no torch).
+# It resolves from the public index alone (no local wheel folder, no site pip config), so the lock holds what
+# a user anywhere gets, torch's CUDA dependencies included; `torch==2.13.0` is also met by a local CPU build
+# (2.13.0+cpu, as this workplace's wheel folder has), which pip then prefers. lock-check then proves the lock
+# resolves, extra by extra, on every supported Python.
 PIPTOOLS ?= /tmp/piptools
+PUBLIC_PIP := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null
 lock:
 	test -x $(PIPTOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(PIPTOOLS) && \
 		$(PIPTOOLS)/bin/python -m pip install --quiet pip==26.3 pip-tools==7.6.2; }
-	CUSTOM_COMPILE_COMMAND='make lock' $(PIPTOOLS)/bin/pip-compile --quiet --all-extras --strip-extras \
-		--allow-unsafe --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
-		--output-file constraints.txt pyproject.toml constraints.in
-	grep -v '^torch==' constraints.txt > $(PIPTOOLS)/pins-py312.txt
-	$(PIPTOOLS)/bin/python -m pip download --quiet --only-binary=:all: --no-deps --python-version 3.12 \
-		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-		--dest $(PIPTOOLS)/wheels-py312 --requirement $(PIPTOOLS)/pins-py312.txt
+	$(PUBLIC_PIP) CUSTOM_COMPILE_COMMAND='make lock' $(PIPTOOLS)/bin/pip-compile --quiet --all-extras \
+		--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
+		--index-url https://pypi.org/simple --output-file constraints.txt pyproject.toml constraints.in
+	$(MAKE) lock-check
+
+# Every extra resolves from https://pypi.org alone (no local wheels, no site pip config) on each Python the
+# classifiers in pyproject.toml list that is installed here; metadata only, nothing large is downloaded.
+lock-check:
+	$(PYTHON) tools/lock_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

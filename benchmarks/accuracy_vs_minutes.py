@@ -28,10 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from time_to_accuracy import read_metrics
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="whitened_vgg_fast")
     p.add_argument("--recipe", help="named recipe (default: the model's documented one)")
     p.add_argument("--minutes", type=float, nargs="+", default=[10, 20, 30, 60], help="training budgets")
-    p.add_argument("--data", default="../shared/data/cifar10-jpeg.tar.gz")
+    p.add_argument("--data", default=os.environ.get("CIFAR10_DATA") or "../shared/data/cifar10-jpeg.tar.gz",
+                   help="CIFAR-10 source (default $CIFAR10_DATA, else ../shared/data/cifar10-jpeg.tar.gz)")
     p.add_argument("--runs", required=True, help="folder for the runs (keep it outside the work tree)")
     p.add_argument("--threads", type=int, help="CPU threads per run (default: training.run's)")
     p.add_argument("--seed", type=int, default=0)
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"what": "final test accuracy of complete runs whose schedules were sized to each training budget",
               "command": repo_relative_command(shlex.join(["python", "benchmarks/accuracy_vs_minutes.py",
                                                            *(argv if argv is not None else sys.argv[1:])])),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "model": args.model, "recipe": args.recipe, "threads": args.threads, "seed": args.seed,
               "seconds_per_epoch": per_epoch, "points": points}
     write_json(out, report, sort_keys=False)

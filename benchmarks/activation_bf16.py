@@ -19,7 +19,7 @@ import shlex
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "steps_per_measurement": args.steps,
         "repeats": args.repeats,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "results": results,
     }
     out = Path(args.out)

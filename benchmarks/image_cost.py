@@ -262,7 +262,7 @@ def main() -> None:
 
     report = {
         "benchmark": "image_cost",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python benchmarks/image_cost.py " + " ".join(sys.argv[1:]),
         "machine": {"usable_cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                     "python": platform.python_version(), "pillow": PIL.__version__,

@@ -100,7 +100,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     write_json(args.out, {
         "benchmark": "int8",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": repo_relative_command(" ".join(["python", "benchmarks/int8.py", *sys.argv[1:]])),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
                     "onnxruntime": ort.__version__},

@@ -20,8 +20,9 @@
 5. Writes everything to ``benchmarks/results/serve_load.json``; ``ratio`` is the best service
    throughput over the bare loop's.
 
-The images are real CIFAR-10 test JPEGs (``--data``, default ``../shared/data/cifar10-jpeg.tar.gz``);
-``--upscale N`` re-encodes them at NxN first, to load the service like phone-sized uploads would.
+The images are real CIFAR-10 test JPEGs (``--data``, default ``$CIFAR10_DATA``, else
+``../shared/data/cifar10-jpeg.tar.gz``); ``--upscale N`` re-encodes them at NxN first, to load the
+service like phone-sized uploads would.
 """
 
 from __future__ import annotations
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "weights"))
     parser.add_argument("--model", help="model to load (default: the service's default model)")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CIFAR10_TEST_ARCHIVE", DEFAULT_DATA)))
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CIFAR10_DATA") or DEFAULT_DATA))
     parser.add_argument("--images", type=int, default=500, help="distinct test images to cycle through")
     parser.add_argument("--upscale", type=int, help="re-encode the images at NxN pixels first")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])

@@ -646,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=manifest["default_model"],
                         help="model name in weights/ (default: weights/MANIFEST.json's default_model, %(default)s)")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CIFAR10_TEST_ARCHIVE", DEFAULT_DATA)))
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CIFAR10_DATA") or DEFAULT_DATA))
     parser.add_argument("--images", type=int, default=500, help="distinct test images to cycle through")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "benchmarks/serve_peers.py", *(sys.argv[1:] if argv is None else argv)])
     result = {
         "benchmark": "serve_peers",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": repo_relative_command(command),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(), "loadavg_at_start": load_at_start,

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=10)
     parser.add_argument("--probe-timeout", type=float, default=5.0)
     parser.add_argument("--wait", type=float, default=20.0, help="seconds to wait for the stalled connections' ends")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CIFAR10_DATA") or DEFAULT_DATA))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "slow_clients.json")
     args = parser.parse_args(argv)
     image = load_images(args.data, 1, None)[0]

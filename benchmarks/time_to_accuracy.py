@@ -18,7 +18,7 @@ import argparse
 import json
 import re
 import shlex
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from common.files import write_json
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"what": "training-loop seconds until the test accuracy (TTA where measured) first reached each "
                       "threshold; final = the last epoch's",
               "command": repo_relative_command(shlex.join(["python", "benchmarks/time_to_accuracy.py", *args.runs])),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "runs": rows}
     out = Path(args.out)
     write_json(out, report, sort_keys=False)

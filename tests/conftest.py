@@ -1,4 +1,13 @@
-"""Shared fixtures: the real CIFAR-10 data (small slices of it) and freshly initialised checkpoints."""
+"""Shared fixtures: real CIFAR-10 images (the committed small fixture, or the full data set for the few checks
+that need all of it) and freshly initialised checkpoints.
+
+- ``data_archive`` / ``cifar``: ``tests/fixtures/cifar10-jpeg-small.tar.gz``, the first 1,500 train and 500 test
+  images of the JPEG copy of CIFAR-10 (``tests/fixtures/make_cifar_fixture.py`` says how it was made). Always
+  present, so every test that needs only some real images runs on a fresh clone.
+- ``full_data`` / ``cifar_full``: the whole data set, for checks that need the 10,000 test images (the shipped
+  weights' accuracy). ``$CIFAR10_DATA`` (the variable training reads) if set, else
+  ``../shared/data/cifar10-jpeg.tar.gz``; these tests skip, saying why, where it is absent.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_ARCHIVE = Path(os.environ.get("CIFAR10_TEST_ARCHIVE", ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+FIXTURES = ROOT / "tests" / "fixtures"
+SMALL_ARCHIVE = FIXTURES / "cifar10-jpeg-small.tar.gz"  # train/<class>/*.jpg, test/<class>/*.jpg
+SMALL_CANONICAL = FIXTURES / "cifar-10-python-small.tar.gz"  # cifar-10-batches-py/ pickles
+# $CIFAR10_DATA, the variable training reads, says where the full data set is; unset, the shared copy beside
+# the checkout. It is taken out of the environment here: the code under test (and its subprocesses) would read
+# it wherever a test gives no --data, and each test passes the data it means explicitly.
+FULL_DATA = Path(os.environ.pop("CIFAR10_DATA", "") or ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+FULL_DATA = FULL_DATA.expanduser()
+FULL_TEST_IMAGES = 10_000
 PYTHON = sys.executable
 
 
@@ -23,17 +40,37 @@ def _shared_decode_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_archive() -> Path:
-    if not DATA_ARCHIVE.is_file():
-        pytest.skip(f"CIFAR-10 archive not found at {DATA_ARCHIVE} (set CIFAR10_TEST_ARCHIVE)")
-    return DATA_ARCHIVE
+    """The committed small CIFAR-10 archive (1,500 train + 500 test real JPEGs), laid out as the full one."""
+    return SMALL_ARCHIVE
 
 
 @pytest.fixture(scope="session")
 def cifar(data_archive):
-    """The full decoded dataset (tests take slices of it)."""
+    """The small fixture decoded (tests take slices of it: at most 1,500 train and 500 test images)."""
     from training.data import load_cifar10
 
     return load_cifar10(data_archive)
+
+
+@pytest.fixture(scope="session")
+def full_data() -> Path:
+    """The full CIFAR-10 (``$CIFAR10_DATA``, else ``../shared/data/cifar10-jpeg.tar.gz``); skips where absent."""
+    if not FULL_DATA.exists():
+        pytest.skip(f"needs the full CIFAR-10, not the committed fixture: {FULL_DATA} not found "
+                    "(set CIFAR10_DATA to cifar10-jpeg.tar.gz or another copy of the whole data set)")
+    return FULL_DATA
+
+
+@pytest.fixture(scope="session")
+def cifar_full(full_data):
+    """The full data set decoded; skips if ``full_data`` holds fewer than 10,000 test images."""
+    from training.data import load_cifar10
+
+    data = load_cifar10(full_data)
+    if len(data.test_labels) < FULL_TEST_IMAGES:
+        pytest.skip(f"needs the full CIFAR-10 test split: {full_data} holds only {len(data.test_labels):,} "
+                    f"test images, not {FULL_TEST_IMAGES:,} (set CIFAR10_DATA to the whole data set)")
+    return data
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,16 @@
-"""The three data forms, the cache, bad sources, and the on-device batch pipeline."""
+"""The three data forms, the cache, bad sources, and the on-device batch pipeline.
 
+The forms are read from the committed fixtures (``tests/fixtures``, real CIFAR-10 images): the class-folder
+archive, the same tree unpacked, and the canonical ``cifar-10-batches-py`` pickles as an archive, a folder and
+a folder holding it. Two checks compare the fixtures with the full data set and skip without it.
+"""
+
+import gzip
+import importlib.util
 import io
 import os
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -14,22 +22,20 @@ from training import data as data_module
 from training.augment import Augment, cutout, random_crop, random_flip
 from training.data import CLASSES, DataError, DeviceLoader, load_cifar10, split_validation
 
-PER_CLASS = {"train": 12, "test": 4}
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+_spec = importlib.util.spec_from_file_location("make_cifar_fixture", FIXTURES / "make_cifar_fixture.py")
+fixture_maker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fixture_maker)
+TRAIN, TEST = 10 * fixture_maker.TRAIN_PER_CLASS, 10 * fixture_maker.TEST_PER_CLASS
+CANONICAL_TRAIN = 10 * fixture_maker.CANONICAL_TRAIN_PER_CLASS
+CANONICAL_TEST = 10 * fixture_maker.CANONICAL_TEST_PER_CLASS
 
 
 @pytest.fixture(scope="module")
 def small_archive(data_archive, tmp_path_factory) -> Path:
-    """A .tar.gz with the first few real JPEGs of every class, laid out as the shared archive."""
+    """A copy of the committed class-folder archive (a copy: one test changes its modification time)."""
     out = tmp_path_factory.mktemp("small") / "cifar-small.tar.gz"
-    kept: dict[tuple[str, str], int] = {}
-    with tarfile.open(data_archive, "r|gz") as src, tarfile.open(out, "w:gz") as dst:
-        for member in src:
-            if not member.isfile():
-                continue
-            split, cls, _ = member.name.split("/")[-3:]
-            if kept.get((split, cls), 0) < PER_CLASS[split]:
-                kept[(split, cls)] = kept.get((split, cls), 0) + 1
-                dst.addfile(member, src.extractfile(member))
+    shutil.copyfile(data_archive, out)
     return out
 
 
@@ -40,6 +46,23 @@ def small_tree(small_archive, tmp_path_factory) -> Path:
         tar.extractall(root, filter="data")
     (root / "README.txt").write_text("not an image, outside any class folder: ignored")
     return root
+
+
+@pytest.fixture(scope="module")
+def canonical_archive(tmp_path_factory) -> Path:
+    """A copy of the committed ``cifar-10-python.tar.gz``-style archive of canonical pickles."""
+    out = tmp_path_factory.mktemp("canonical") / "cifar-10-python.tar.gz"
+    shutil.copyfile(fixture_maker.CANONICAL_FIXTURE, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def canonical_folder(canonical_archive, tmp_path_factory) -> Path:
+    """The ``cifar-10-batches-py`` folder, unpacked as users unpack the download."""
+    root = tmp_path_factory.mktemp("canonical-folder")
+    with tarfile.open(canonical_archive) as tar:
+        tar.extractall(root, filter="data")
+    return root / "cifar-10-batches-py"
 
 
 def write_canonical(folder: Path, train_x, train_y, test_x, test_y, label_names=CLASSES) -> Path:
@@ -65,23 +88,82 @@ def assert_same(a, b):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
 
 
-def test_archive_tree_and_canonical_folder_load_to_identical_arrays(small_archive, small_tree, tmp_path):
+def test_archive_and_tree_load_to_identical_arrays(small_archive, small_tree, tmp_path):
     from_archive = load_cifar10(small_archive, cache_dir=tmp_path / "c1")
-    assert from_archive.train_images.shape == (120, 32, 32, 3) and from_archive.train_images.dtype == np.uint8
-    assert from_archive.test_images.shape == (40, 32, 32, 3)
-    assert np.bincount(from_archive.train_labels).tolist() == [12] * 10
+    assert from_archive.train_images.shape == (TRAIN, 32, 32, 3) and from_archive.train_images.dtype == np.uint8
+    assert from_archive.test_images.shape == (TEST, 32, 32, 3)
+    assert np.bincount(from_archive.train_labels).tolist() == [TRAIN // 10] * 10
+    assert np.bincount(from_archive.test_labels).tolist() == [TEST // 10] * 10
     from_tree = load_cifar10(small_tree, cache_dir=tmp_path / "c2")
     assert_same(from_archive, from_tree)
 
-    # Canonical pickles whose batches.meta lists the classes in another order: labels map by name.
+
+def test_canonical_archive_folder_and_its_parent_hold_the_same_real_images(small_archive, canonical_archive,
+                                                                          canonical_folder, tmp_path):
+    """The canonical fixture holds the decoded pixels of the JPEG fixture's first images: all forms agree."""
+    jpegs = load_cifar10(small_archive, cache_dir=tmp_path / "c1")
+    from_archive = load_cifar10(canonical_archive, cache_dir=tmp_path / "c2")
+    assert from_archive.train_images.shape == (CANONICAL_TRAIN, 32, 32, 3)
+    assert from_archive.test_images.shape == (CANONICAL_TEST, 32, 32, 3)
+    np.testing.assert_array_equal(from_archive.train_images, jpegs.train_images[:CANONICAL_TRAIN])
+    np.testing.assert_array_equal(from_archive.train_labels, jpegs.train_labels[:CANONICAL_TRAIN])
+    np.testing.assert_array_equal(from_archive.test_images, jpegs.test_images[:CANONICAL_TEST])
+    np.testing.assert_array_equal(from_archive.test_labels, jpegs.test_labels[:CANONICAL_TEST])
+    for source in (canonical_folder, canonical_folder.parent):  # the folder itself, or the folder holding it
+        assert_same(from_archive, load_cifar10(source, cache_dir=tmp_path / "c3"))
+
+
+def test_canonical_fixture_reads_as_torchvision_reads_it(canonical_folder, tmp_path):
+    """torchvision's CIFAR10 reader written out (pickle with encoding="latin1", str keys): the pickles are
+    shaped as the originals, not only as this project's loader (encoding="bytes") expects."""
+    def load(name):
+        with open(canonical_folder / name, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+
+    batches = [load(f"data_batch_{i}") for i in range(1, 6)]
+    assert all(set(b) == {"batch_label", "labels", "data", "filenames"} for b in batches)
+    assert [b["batch_label"] for b in batches] == [f"training batch {i} of 5" for i in range(1, 6)]
+    images = np.vstack([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+    labels = [label for b in batches for label in b["labels"]]
+    meta = load("batches.meta")
+    assert meta["label_names"] == list(CLASSES) and meta["num_vis"] == 3072
+    assert meta["num_cases_per_batch"] == len(batches[0]["labels"])
+    ours = load_cifar10(canonical_folder, cache_dir=tmp_path)
+    np.testing.assert_array_equal(images, ours.train_images)
+    assert labels == ours.train_labels.tolist()
+    assert load("test_batch")["batch_label"] == "testing batch 1 of 1"
+
+
+def test_canonical_labels_map_by_name_not_position(small_archive, tmp_path):
+    """Canonical pickles whose batches.meta lists the classes in another order."""
+    d = load_cifar10(small_archive, cache_dir=tmp_path / "c1")
     shuffled_names = CLASSES[::-1]
     to_local = {CLASSES.index(n): i for i, n in enumerate(shuffled_names)}
     canonical = write_canonical(
-        tmp_path / "cifar-10-batches-py",
-        from_archive.train_images, [to_local[v] for v in from_archive.train_labels],
-        from_archive.test_images, [to_local[v] for v in from_archive.test_labels], shuffled_names)
-    for source in (canonical, canonical.parent):  # the folder itself, or the folder holding it
-        assert_same(from_archive, load_cifar10(source, cache_dir=tmp_path / "c3"))
+        tmp_path / "cifar-10-batches-py", d.train_images, [to_local[v] for v in d.train_labels],
+        d.test_images, [to_local[v] for v in d.test_labels], shuffled_names)
+    assert_same(d, load_cifar10(canonical, cache_dir=tmp_path / "c2"))
+
+
+def test_fixture_is_the_start_of_the_full_data_set(cifar_full, data_archive, tmp_path):
+    """Where the full archive is present: the fixture's images are its first ones, so slices agree."""
+    small = load_cifar10(data_archive, cache_dir=tmp_path)
+    np.testing.assert_array_equal(small.train_images, cifar_full.train_images[:TRAIN])
+    np.testing.assert_array_equal(small.train_labels, cifar_full.train_labels[:TRAIN])
+    np.testing.assert_array_equal(small.test_images, cifar_full.test_images[:TEST])
+    np.testing.assert_array_equal(small.test_labels, cifar_full.test_labels[:TEST])
+
+
+def test_committed_fixtures_are_what_the_generator_makes(full_data):
+    """tests/fixtures/make_cifar_fixture.py run again gives the committed files (their tar bytes: gzip may
+    differ between zlib builds)."""
+    import hashlib
+
+    if full_data.is_dir() or hashlib.sha256(full_data.read_bytes()).hexdigest() != fixture_maker.SOURCE_SHA256:
+        pytest.skip(f"the fixtures are made from cifar10-jpeg.tar.gz (sha256 {fixture_maker.SOURCE_SHA256[:12]}...); "
+                    f"{full_data} is another source")
+    for path, tar_bytes in fixture_maker.build(full_data).items():
+        assert gzip.decompress(path.read_bytes()) == tar_bytes, f"{path.name} is stale: run {fixture_maker.__file__}"
 
 
 def test_prefix_of_the_training_split_is_class_balanced(small_archive, tmp_path):
@@ -116,8 +198,6 @@ def test_second_load_comes_from_the_cache_and_a_changed_source_is_reread(small_a
 
 
 def test_unknown_and_missing_class_folders_are_named(small_tree, tmp_path):
-    import shutil
-
     tree = tmp_path / "tree"
     shutil.copytree(small_tree, tree)
     (tree / "train" / "cat").rename(tree / "train" / "kitten")
@@ -141,8 +221,6 @@ def test_bad_sources_give_one_line_errors(small_archive, tmp_path):
 
 
 def test_an_undecodable_image_is_named(small_tree, tmp_path):
-    import shutil
-
     tree = tmp_path / "tree"
     shutil.copytree(small_tree, tree)
     (tree / "test" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 this is no jpeg")
@@ -155,7 +233,7 @@ def test_missing_data_argument_uses_the_environment(monkeypatch, small_archive, 
     with pytest.raises(DataError, match="--data"):
         load_cifar10(None, cache_dir=tmp_path)
     monkeypatch.setenv("CIFAR10_DATA", str(small_archive))
-    assert len(load_cifar10(None, cache_dir=tmp_path).train_labels) == 120
+    assert len(load_cifar10(None, cache_dir=tmp_path).train_labels) == TRAIN
 
 
 def test_validation_split_is_fixed_and_disjoint():
@@ -231,24 +309,12 @@ def test_color_jitter_hue_keeps_gray_pixels_gray():
     assert torch.allclose(out[:, 0], out[:, 1], atol=1e-5) and torch.allclose(out[:, 1], out[:, 2], atol=1e-5)
 
 
-def test_canonical_folder_missing_a_batch_is_named(tmp_path):
-    folder = write_canonical(tmp_path / "cifar-10-batches-py", np.zeros((5, 32, 32, 3), np.uint8), [0] * 5,
-                             np.zeros((2, 32, 32, 3), np.uint8), [1, 2])
+def test_canonical_folder_missing_a_batch_is_named(canonical_folder, tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(canonical_folder, folder)
     (folder / "data_batch_3").unlink()
     with pytest.raises(DataError, match="data_batch_3"):
         load_cifar10(folder, cache_dir=tmp_path / "c")
-
-
-def test_canonical_archive_is_read_too(tmp_path):
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
-    folder = write_canonical(tmp_path / "src" / "cifar-10-batches-py", x, list(range(10)), x[:3], [0, 1, 2])
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname="cifar-10-batches-py")
-    d = load_cifar10(archive, cache_dir=tmp_path / "c")
-    np.testing.assert_array_equal(d.train_images, x)
-    assert d.test_labels.tolist() == [0, 1, 2]
 
 
 def test_images_of_other_sizes_are_resized_to_32(tmp_path):
