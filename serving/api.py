@@ -1,17 +1,20 @@
 """The service's own API: ``POST /predict``, ``GET /models``, ``GET /healthz``, ``GET /readyz``.
 
 An adapter: it turns a multipart form or a raw image body into uploads and the answer into JSON;
-decoding, inference and top-k are serving/inference.py's, shared with the v2 protocol.
+decoding, inference and top-k are serving/inference.py's, shared with the v2 protocol. With
+``include_input=true`` each answer also carries ``input_png``: the 32x32 RGB array the model was given
+(serving/uploads.py's decode of the upload), as a lossless PNG; the web page shows it beside the bars.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import NamedTuple
 
 from flask import Blueprint, current_app, jsonify, request
 
-from serving import inference, lifecycle, multipart
+from serving import inference, lifecycle, multipart, uploads
 from serving.errors import ApiError
 from serving.request_body import read_body
 
@@ -22,6 +25,25 @@ RAW_BINARY_TYPES = ("application/octet-stream", "")  # "": no Content-Type heade
 _TOPK = re.compile(r"[0-9]{1,3}")
 _MAX_FIELDS = 16  # form fields besides the images (topk, model, and a few a client may add)
 _MAX_FIELD_BYTES = 1024
+
+
+_FLAGS = {"": False, "0": False, "false": False, "1": True, "true": True}
+
+
+def parse_flag(name: str, raw: str | None) -> bool:
+    """An opt-in switch (query parameter or form field): true/1 or false/0, off when absent."""
+    if raw is None:
+        return False
+    value = _FLAGS.get(raw.strip().lower())
+    if value is None:
+        shown = raw if len(raw) <= 20 else raw[:20] + "..."
+        raise ApiError(400, f"{name} must be true or false (or 1 or 0), got {shown!r}")
+    return value
+
+
+def input_png(image) -> str:
+    """The 32x32 RGB array the model was given, as base64 PNG: lossless, so exactly the service's decode."""
+    return base64.b64encode(uploads.to_png(image)).decode("ascii")
 
 
 def parse_topk(raw: str | None, classes: int) -> int:
@@ -51,15 +73,15 @@ def _read_request() -> tuple[list[Upload], dict[str, str]]:
             raise ApiError(413, f"{exc} (at most {current_app.config['MAX_BATCH']} images, MAX_BATCH)") from None
         except multipart.MultipartError as exc:
             raise ApiError(400, f"malformed multipart body: {exc}") from None
-        uploads = [Upload(part.filename[:255] if part.filename else None, part.data)
-                   for part in parts if part.name == FIELD]
+        images = [Upload(part.filename[:255] if part.filename else None, part.data)
+                  for part in parts if part.name == FIELD]
         fields = {part.name: part.data[:_MAX_FIELD_BYTES].decode("utf-8", "replace")
                   for part in parts if part.name != FIELD and part.filename is None}
-        if not uploads:
+        if not images:
             found = ", ".join(sorted({part.name[:40] for part in parts}))
             raise ApiError(400, f"no file in multipart field {FIELD!r} "
                                 + (f"(the request has fields: {found})" if found else "(the form is empty)"))
-        return uploads, fields
+        return images, fields
     # A raw body: the decoder reads the format from the bytes themselves, so a generic binary type, or
     # none at all (RFC 9110 8.3 lets the recipient examine the data), is as good as image/*.
     if mimetype.startswith("image/") or mimetype in RAW_BINARY_TYPES:
@@ -76,21 +98,23 @@ def _describe(index: int, filename: str | None, count: int) -> str:
 
 @bp.post("/predict")
 def predict():
-    uploads, fields = _read_request()
+    files, fields = _read_request()
     model = inference.resolve_model(request.args.get("model", fields.get("model")))
     k = parse_topk(request.args.get("topk", fields.get("topk")), len(model.classes))
+    # opt-in: each answer also carries the 32x32 image the model saw (the page shows it beside the bars)
+    with_input = parse_flag("include_input", request.args.get("include_input", fields.get("include_input")))
     limit = current_app.config["MAX_BATCH"]
-    if len(uploads) > limit:
-        raise ApiError(413, f"{len(uploads)} images in one request; at most {limit} (MAX_BATCH)")
+    if len(files) > limit:
+        raise ApiError(413, f"{len(files)} images in one request; at most {limit} (MAX_BATCH)")
     with inference.arriving(model):
-        batch = inference.preprocess([(_describe(i, name, len(uploads)), data)
-                                      for i, (name, data) in enumerate(uploads)])
+        batch = inference.preprocess([(_describe(i, name, len(files)), data)
+                                      for i, (name, data) in enumerate(files)])
     probs = inference.infer(model, batch)[0]
-    if len(uploads) == 1:
-        top = inference.top_predictions(model, probs[0], k)
-        return jsonify(model=model.name, filename=uploads[0][0], predictions=top)
-    results = [{"filename": name, "predictions": inference.top_predictions(model, row, k)}
-               for (name, _), row in zip(uploads, probs, strict=True)]
+    results = [{"filename": name, "predictions": inference.top_predictions(model, row, k),
+                **({"input_png": input_png(image)} if with_input else {})}
+               for (name, _), row, image in zip(files, probs, batch, strict=True)]
+    if len(files) == 1:
+        return jsonify(model=model.name, **results[0])
     return jsonify(model=model.name, results=results)
 
 

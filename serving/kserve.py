@@ -84,7 +84,11 @@ def model_metadata(name: str, version: str | None = None):
         platform="onnxruntime_onnx",
         inputs=[{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, *IMAGE_SHAPE]}],
         outputs=[{"name": out, "datatype": "FP32", "shape": [-1, len(model.classes)]} for out in model.outputs],
-        parameters={"classes": list(model.classes), "arch": model.arch, "sha256": model.sha256},
+        # the figures as /models gives them (Manifest.attach_figures), those that are known: a v2 parameter
+        # is a string, number or boolean, never null
+        parameters={"classes": list(model.classes), "arch": model.arch, "sha256": model.sha256,
+                    "precision": model.precision, "tta": model.tta,
+                    **{key: value for key, value in model.figures().items() if value is not None}},
     )
 
 

@@ -9,9 +9,12 @@ Model names are the file stems. A request's model name is only ever a key into t
 never part of a path.
 
 An optional ``MANIFEST.json`` beside the files (written by ``export.package``) names the default
-model and lends each model its measured figures (CPU images/s, parameter count), but only to the
-exact file it measured: its entry's ``onnx_sha256`` must equal the loaded file's. The ONNX file is
-the source of truth for what is served; the manifest only ever adds figures.
+model and lends each model its measured figures (CPU images/s in batches and one at a time, parameter
+count, and a test accuracy where the file records none of its own), but only to the
+exact file it measured: its entry's ``onnx_sha256`` (its ``int8`` part's, for an int8 file) must
+equal the loaded file's. The ONNX file is the source of truth for what is served; the manifest only
+ever adds figures. ``Manifest.attach_figures`` is the one place a served file gets its figures, so
+``/models``, ``/v2/models/NAME`` and the page all show those of the file behind each name.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from serving.model_files import MANIFEST, ModelFiles, ModelLoadError, files_for
 
 log = logging.getLogger(__name__)
 
+TEST_IMAGES = 10_000  # the CIFAR-10 test split: a test accuracy is measured on all of it
+
 __all__ = ["ModelLoadError", "ModelRegistry", "LoadedModel", "UnknownModelError", "load_model"]
 
 
@@ -69,17 +74,29 @@ class LoadedModel:
     session: ort.InferenceSession = field(repr=False)
     outputs: tuple[str, ...] = ()
     warmed: bool = False
-    # Measured when packaged (MANIFEST.json), set only when the manifest's entry is about this very file.
+    # This file's figures, set by Manifest.attach_figures (the only place that sets them): each one a
+    # measurement of this very file, or None.
+    test_accuracy: float | None = None
     cpu_images_per_s: float | None = None
+    single_images_per_s: float | None = None
     parameters: int | None = None
+    pretrained: str | None = None  # "ImageNet-1k pretrained (external data): PACKAGE==VERSION"; None: from scratch
 
     @property
     def arch(self) -> str | None:
         return self.metadata.get(MetadataKey.ARCH) or None
 
     @property
-    def test_accuracy(self) -> float | None:
-        return _parse_accuracy(self.metadata.get(MetadataKey.TEST_ACCURACY, ""), self.path)
+    def own_accuracy(self) -> float | None:
+        """The test accuracy this file records of itself. An int8 file carries its fp32 original's metadata,
+        ``test_accuracy`` included, so its own is the int8 accuracy of its quantization figures, and only
+        when those were measured on the whole test split."""
+        if self.precision == "fp32":
+            return _parse_accuracy(self.metadata.get(MetadataKey.TEST_ACCURACY, ""), self.path)
+        figures = self.quantization or {}
+        accuracy = _fraction(figures.get("int8_accuracy"))
+        whole_split = type(figures.get("test_images")) is int and figures["test_images"] == TEST_IMAGES
+        return round(accuracy, 4) if accuracy is not None and whole_split else None
 
     @property
     def quantization(self) -> dict | None:
@@ -106,16 +123,21 @@ class LoadedModel:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)[0]
 
+    def figures(self) -> dict:
+        """The measured figures of this file (None where unknown), as every endpoint reports them."""
+        return {"test_accuracy": self.test_accuracy, "cpu_images_per_s": self.cpu_images_per_s,
+                "single_images_per_s": self.single_images_per_s}
+
     def describe(self) -> dict:
         return {
             "name": self.name,
             "arch": self.arch,
             "classes": list(self.classes),
-            "test_accuracy": self.test_accuracy,
-            "cpu_images_per_s": self.cpu_images_per_s,
+            **self.figures(),
             "tta": self.tta,
             "precision": self.precision,
             "parameters": self.parameters,
+            "pretrained": self.pretrained,
             "sha256": self.sha256,
             "file_size": self.file_size,
             "opset": _int_or_none(self.metadata.get(MetadataKey.OPSET)),
@@ -129,6 +151,13 @@ class LoadedModel:
 
 def _int_or_none(text: str | None) -> int | None:
     return int(text) if text and text.strip().isdigit() else None
+
+
+def _fraction(value: Any) -> float | None:
+    """``value`` as a float if it is a JSON number from 0 to 1 (not a bool, not a string), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 <= value <= 1 else None  # NaN fails both comparisons; a huge int is never turned
 
 
 def _parse_accuracy(text: str, path: Path) -> float | None:
@@ -264,16 +293,15 @@ class ModelRegistry:
             model = load_model(files.path_of(name), intra_op_threads, data)
             models[model.name] = model
         models = name_by_precision(models, prefer_int8=precision == "auto")
-        for model in models.values():
-            log.info("loaded model %s (%s, %s, sha256 %s, test accuracy %s)", model.name, model.arch,
-                     model.precision, model.sha256[:12], model.test_accuracy)
         manifest = parse_manifest(files)
         if manifest.error:
             if not default_model:  # it alone could name the default model: guessing one would hide the fault
                 raise ModelLoadError(manifest.error)
             log.warning("%s; DEFAULT_MODEL is set, so serving without the manifest's figures", manifest.error)
         for model in models.values():
-            manifest.lend_figures(model)
+            manifest.attach_figures(model)
+            log.info("loaded model %s (%s, %s, sha256 %s, test accuracy %s)", model.name, model.arch,
+                     model.precision, model.sha256[:12], model.test_accuracy)
         default = default_model or manifest.default_model or sorted(models)[0]
         if default not in models:
             source = "DEFAULT_MODEL" if default_model else f"{MANIFEST} default_model"
@@ -316,23 +344,50 @@ class Manifest:
     path: Path | None = None
     error: str | None = None
 
-    def lend_figures(self, model: LoadedModel) -> None:
-        """Give ``model`` the figures of its entry (its ``int8`` part for an int8 file), if that entry
-        measured this very file."""
+    def attach_figures(self, model: LoadedModel) -> None:
+        """Give ``model`` the figures of the very file it serves; the one place they are set.
+
+        Test accuracy: the file's own (``LoadedModel.own_accuracy``), else its manifest entry's. Speeds and
+        parameters: its manifest entry's. For an int8 file the entry is the ``int8`` part of its model's
+        entry, never the fp32 figures beside it, and any entry counts only if it measured this file
+        (its ``onnx_sha256`` is the loaded file's).
+        """
+        model.test_accuracy = model.own_accuracy
+        entry, parameters = self.entry_for(model)
+        if entry is None:
+            return
+        model_entry = self.entries.get(model.path.stem.removesuffix(INT8_SUFFIX)) or {}
+        pretrained = model_entry.get("pretrained")  # the model's, shared by its fp32 file and int8 copy
+        model.pretrained = pretrained if isinstance(pretrained, str) and pretrained else None
+        listed = _fraction(entry.get("test_accuracy"))
+        if model.test_accuracy is None:
+            model.test_accuracy = listed
+        elif listed is not None and abs(listed - model.test_accuracy) > 5e-5:  # more than the 4 places kept
+            log.warning("%s: the entry for %s gives test accuracy %s, the file itself %s; showing the file's",
+                        self.path, model.name, listed, model.test_accuracy)
+        model.cpu_images_per_s = _positive_number(entry.get("cpu_images_per_s"))
+        single = entry.get("single_images_per_s")
+        if single is None and model.precision == "fp32" and isinstance(entry.get("int8"), dict):
+            single = entry["int8"].get("fp32_single_images_per_s")  # measured on this fp32 file, beside its copy
+        model.single_images_per_s = _positive_number(single)
+        model.parameters = parameters if type(parameters) is int and parameters > 0 else None  # not a bool
+
+    def entry_for(self, model: LoadedModel) -> tuple[Mapping[str, Any] | None, Any]:
+        """The manifest entry that measured ``model``'s file (its ``int8`` part for an int8 file), or None;
+        and the model's parameter count, which an fp32 file and its int8 copy share."""
         entry = self.entries.get(model.path.stem.removesuffix(INT8_SUFFIX))
         parameters = entry.get("parameters") if entry is not None else None
         if entry is not None and model.precision == "int8":
             entry = entry.get("int8") if isinstance(entry.get("int8"), dict) else None
         if entry is None:
-            return
+            return None, None
         if entry.get("onnx_sha256") != model.sha256:
             recorded = entry.get("onnx_sha256")
             shown = recorded[:12] if isinstance(recorded, str) else repr(recorded)
             log.warning("%s: the entry for %s was measured on another file (onnx_sha256 %s, loaded file %s); "
                         "its figures are not shown", self.path, model.name, shown, model.sha256[:12])
-            return
-        model.cpu_images_per_s = _positive_number(entry.get("cpu_images_per_s"))
-        model.parameters = parameters if type(parameters) is int and parameters > 0 else None  # not a bool
+            return None, None
+        return entry, parameters
 
 
 def _positive_number(value: Any) -> float | None:

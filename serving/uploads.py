@@ -492,3 +492,10 @@ def decode(data: bytes, max_pixels: int, size: int = SIZE, *, budget: PixelBudge
     if array.shape != (size, size, 3):
         raise ImageError(f"the image could not be converted to RGB (got shape {array.shape})")
     return array
+
+
+def to_png(array: np.ndarray) -> bytes:
+    """A decoded upload (``decode``'s uint8 RGB array) as PNG bytes: lossless, the very pixels the model is given."""
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from test_serving_support import (
 )
 
 import serving
+from serving import uploads
 from serving.models import ModelLoadError
 
 
@@ -128,6 +130,39 @@ def test_several_images_are_one_batch_answered_in_order(client, weights, jpegs):
     for (_, name, data), result in zip(chosen, body["results"], strict=True):
         single = upload(client, as_file(data, name), "?topk=3").get_json()
         assert result["predictions"] == single["predictions"]
+
+
+def input_pixels(encoded: str) -> np.ndarray:
+    image = Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)))
+    assert image.format == "PNG" and image.mode == "RGB" and image.size == (32, 32)
+    return np.asarray(image)
+
+
+def test_on_request_the_answer_carries_the_32x32_image_the_model_saw(client, jpegs):
+    # larger and not square: the service crops the centre square and shrinks it, rotating by its EXIF first
+    photo = Image.open(io.BytesIO(jpegs[3][2])).convert("RGB").resize((150, 96), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: shown rotated 90 degrees clockwise
+    out = io.BytesIO()
+    photo.save(out, "JPEG", quality=95, exif=exif)
+    data = out.getvalue()
+    decoded = uploads.decode(data, 4_000_000)
+    plain = upload(client, as_file(data, "wide.jpg")).get_json()
+    assert "input_png" not in plain  # opt-in: existing clients get the answer they always got
+    for query, fields in (("?include_input=true", {}), ("", {"include_input": "1"}), ("?include_input=TRUE", {})):
+        body = upload(client, as_file(data, "wide.jpg"), query, **fields).get_json()
+        assert list(body) == ["model", "filename", "predictions", "input_png"]
+        assert body["predictions"] == plain["predictions"]
+        # exactly what the service decoded, losslessly: the pixels the model was given
+        assert np.array_equal(input_pixels(body["input_png"]), decoded)
+    assert "input_png" not in upload(client, as_file(data, "wide.jpg"), "?include_input=0").get_json()
+    # several images: each result carries its own
+    batch = upload(client, [as_file(data, "wide.jpg"), as_file(jpegs[0][2], "small.jpg")], "?include_input=1")
+    first, second = batch.get_json()["results"]
+    assert np.array_equal(input_pixels(first["input_png"]), decoded)
+    assert np.array_equal(input_pixels(second["input_png"]), np.asarray(Image.open(io.BytesIO(jpegs[0][2]))))
+    assert_error(upload(client, as_file(data), "?include_input=maybe"), 400,
+                 r"include_input must be true or false \(or 1 or 0\), got 'maybe'")
 
 
 # The format comes from the bytes: a generic binary type, a wrong image subtype or no Content-Type at all
@@ -281,14 +316,15 @@ def metadata_accuracy(path) -> float:
 def assert_no_figures(body: dict, names=("dwsep", "tutorial")):
     assert [m["name"] for m in body["models"]] == sorted(names)
     for info in body["models"]:
-        assert (info["cpu_images_per_s"], info["parameters"], info["tta"]) == (None, None, "none"), info
+        assert (info["cpu_images_per_s"], info["single_images_per_s"], info["parameters"], info["tta"]) == \
+            (None, None, None, "none"), info
         assert info["test_accuracy"] is not None  # the trained files carry theirs
 
 
-def test_models_show_accuracy_speed_tta_and_parameters_of_the_served_files(client, tmp_path):
+def test_models_show_accuracy_speed_tta_and_parameters_of_the_served_files(client, tmp_path, caplog):
     folder = shipped_models(tmp_path)
     with_metadata(folder / "tutorial.onnx", folder / "tutorial.onnx", tta="flip")
-    # the manifest's test_accuracy is not what is served: the file's own metadata is
+    # a file that records its own test accuracy shows it; a manifest entry that differs is logged, not shown
     write_manifest(folder, "dwsep", dwsep={**FIGURES["dwsep"], "test_accuracy": 0.999, "tta": "flip"},
                    tutorial=FIGURES["tutorial"])
     body = list_models(folder)
@@ -301,6 +337,7 @@ def test_models_show_accuracy_speed_tta_and_parameters_of_the_served_files(clien
         assert info["test_accuracy"] == metadata_accuracy(folder / f"{name}.onnx") < 0.999
         assert info["sha256"] == file_sha256(folder / f"{name}.onnx")
     assert by_name["tutorial"]["tta"] == "flip" and by_name["dwsep"]["tta"] == "none"
+    assert "the entry for dwsep gives test accuracy 0.999, the file itself" in caplog.text
     # every field is described in the OpenAPI document
     schema = client.get("/openapi.json").get_json()["components"]["schemas"]["ModelList"]
     assert set(body) <= set(schema["properties"])

@@ -170,7 +170,7 @@ class Gunicorn:
             try:
                 if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a busy machine
                 pass
             time.sleep(0.1)
         raise AssertionError(f"gunicorn not ready after {timeout} s:\n{self.log()}")

@@ -1,67 +1,78 @@
 "use strict";
-// The page: pick a model (by its accuracy and speed) -> choose/drop/paste an image -> preview ->
-// POST /predict -> one labelled bar per class. Text from the server only ever goes in as textContent.
+// The page: choose/drop/paste an image -> POST /predict (with the 32x32 image the service decoded it to)
+// -> that image beside one labelled bar per class. The model is picked in a compact list, most accurate
+// first, each with its accuracy and speed. Text from the server only ever goes in as textContent.
 (function () {
   const $ = (id) => document.getElementById(id);
   const drop = $("drop"), fileInput = $("file"), preview = $("preview"), dropText = $("drop-text");
-  const controls = $("controls"), modelRows = $("model-rows"), modelsNote = $("models-note"), topkSelect = $("topk");
-  const results = $("results"), errorBox = $("error"), status = $("status");
+  const controls = $("controls"), modelSelect = $("model"), modelInfo = $("model-info"), topkSelect = $("topk");
+  const answer = $("answer"), modelInput = $("model-input"), results = $("results");
+  const errorBox = $("error"), status = $("status");
   const tokenRow = $("token-row"), tokenInput = $("token");
   const wholeNumber = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
-  let lastFile = null, previewUrl = null;
+  let lastFile = null, previewUrl = null, models = new Map();
 
   for (let k = 1; k <= 10; k++) topkSelect.add(new Option(String(k), String(k), k === 5, k === 5));
 
-  function element(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text != null) node.textContent = text;
-    return node;
+  const percent = (fraction) => (fraction * 100).toFixed(1) + "%";
+  const accuracyText = (m) => (m.test_accuracy == null ? "accuracy \u2014" : percent(m.test_accuracy));
+  const speedText = (m) => (m.cpu_images_per_s == null ? "speed \u2014" : wholeNumber.format(m.cpu_images_per_s) + " img/s");
+
+  // NAME-fp32 (the fp32 original of a model served int8 as NAME) or NAME-int8 (an int8 copy that is not):
+  // listed under NAME instead of as a model of its own.
+  function twinOf(m, names) {
+    const match = /^(.*)-(fp32|int8)$/.exec(m.name);
+    return match && match[2] === m.precision && names.has(match[1]) ? match[1] : null;
   }
 
-  // A figure, or a dash when the service does not know it (no manifest entry for this very file).
-  function figureCell(id, text, unknown) {
-    const cell = element("td", "num", text == null ? "\u2014" : text);
-    cell.id = id;
-    if (text == null) cell.title = unknown;
-    return cell;
+  // Most accurate first; a model whose accuracy is unknown last.
+  function byAccuracy(a, b) {
+    const x = a.test_accuracy == null ? -1 : a.test_accuracy, y = b.test_accuracy == null ? -1 : b.test_accuracy;
+    return y - x || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
   }
 
-  function modelRow(m, i) {
-    const row = element("tr");
-    row.dataset.model = m.name;
-    const radio = element("input");
-    radio.type = "radio";
-    radio.name = "model";
-    radio.value = m.name;
-    radio.checked = Boolean(m.default);
-    radio.setAttribute("aria-describedby", `model-${i}-accuracy model-${i}-speed`);
-    const label = element("label");
-    label.append(radio, element("span", "name", m.name));
-    if (m.default) label.append(element("span", "badge default", "default"));
-    if (m.precision === "int8") {
-      const int8 = element("span", "badge int8", "int8");
-      int8.title = "statically quantized copy: as accurate (see its test accuracy), faster on CPU";
-      label.append(int8);
+  function option(m, twin) {
+    // a twin is indented under its name: "  -> NAME-fp32 . 87.7% . 681 img/s"
+    const text = (twin ? "\u2003\u21b3 " : "") + `${m.name} \u00b7 ${accuracyText(m)} \u00b7 ${speedText(m)}`
+      + (m.default ? " (default)" : "");
+    const item = new Option(text, m.name, Boolean(m.default), Boolean(m.default));
+    item.dataset.accuracy = m.test_accuracy == null ? "" : String(m.test_accuracy);
+    if (twin) item.dataset.twinOf = twin;
+    return item;
+  }
+
+  function fillModels(list) {
+    models = new Map(list.map((m) => [m.name, m]));
+    const names = new Set(models.keys()), twins = new Map();
+    for (const m of list) {
+      const base = twinOf(m, names);
+      if (base) twins.set(base, [...(twins.get(base) || []), m]);
     }
-    if (m.tta && m.tta !== "none") {
-      const tta = element("span", "badge tta", "TTA: " + m.tta);
-      const variants = { flip: "mirrored", flip_translate: "mirrored and shifted" }[m.tta] || "in other variants";
-      tta.title = `test-time augmentation: each image is also classified ${variants} and the answers averaged`;
-      label.append(tta);
+    const options = [];
+    for (const m of list.filter((m) => !twinOf(m, names)).sort(byAccuracy)) {
+      options.push(option(m, null), ...(twins.get(m.name) || []).map((t) => option(t, m.name)));
     }
-    const name = element("td");
-    name.append(label);
-    row.append(
-      name,
-      figureCell(`model-${i}-accuracy`, m.test_accuracy == null ? null : (m.test_accuracy * 100).toFixed(1) + "%",
-        "not measured"),
-      figureCell(`model-${i}-speed`, m.cpu_images_per_s == null ? null : wholeNumber.format(m.cpu_images_per_s),
-        "not measured for this file"),
-    );
-    // the whole row picks the model, not only its name
-    row.addEventListener("click", (e) => { if (!label.contains(e.target)) radio.click(); });
-    return row;
+    modelSelect.replaceChildren(...options);
+    describeModel();
+  }
+
+  // The chosen model in words: what each figure means, and what it is.
+  function describeModel() {
+    const m = models.get(modelSelect.value);
+    if (!m) return;
+    const parts = [m.test_accuracy == null ? "test accuracy not measured"
+      : `${percent(m.test_accuracy)} on the 10,000 CIFAR-10 test images`];
+    if (m.cpu_images_per_s != null) {
+      let speed = `${wholeNumber.format(m.cpu_images_per_s)} images/s on CPU in batches of 64`;
+      if (m.single_images_per_s != null) speed += `, ${wholeNumber.format(m.single_images_per_s)} one at a time`;
+      parts.push(speed);
+    } else {
+      parts.push("speed not measured for this file");
+    }
+    if (m.precision === "int8") parts.push("int8 (statically quantized)");
+    if (m.tta && m.tta !== "none") parts.push("test-time augmentation: " + m.tta);
+    if (m.pretrained) parts.push(m.pretrained);
+    modelInfo.textContent = `${m.name}: ` + parts.join(" \u00b7 ");
   }
 
   // With API_TOKEN set, /models and /predict answer 401 until the request carries the token. The field
@@ -87,11 +98,6 @@
     if (lastFile) classify(lastFile);
   });
 
-  function chosenModel() {
-    const radio = modelRows.querySelector("input[name=model]:checked");
-    return radio ? radio.value : "";
-  }
-
   function loadModels() {
     fetch("/models", { headers: authHeaders() }).then((r) => {
       if (r.status === 401) return null;
@@ -99,16 +105,13 @@
       return r.json();
     }).then((body) => {
       if (body === null) {
-        modelsNote.textContent = "Enter the API token to list the models.";
-        modelsNote.hidden = false;
+        modelInfo.textContent = "Enter the API token to list the models.";
         askForToken(tokenInput.value ? "the API token was not accepted" : "this service needs an API token");
         return;
       }
-      modelRows.replaceChildren(...(body.models || []).map(modelRow));
-      modelsNote.hidden = true;
+      fillModels(body.models || []);
     }).catch(() => {
-      modelsNote.textContent = "Could not list the models; images go to the default model.";
-      modelsNote.hidden = false;
+      modelInfo.textContent = "Could not list the models; images go to the default model.";
       showError("could not list the models");
     });
   }
@@ -141,6 +144,9 @@
       li.append(label, bar, value);
       results.appendChild(li);
     }
+    // the service's own decode of the upload, not a resize made here
+    modelInput.src = "data:image/png;base64," + body.input_png;
+    answer.hidden = false;
     status.textContent = `${body.model}: ${body.predictions[0].label}`;
   }
 
@@ -148,6 +154,7 @@
     if (!file) return;
     lastFile = file;
     errorBox.hidden = true;
+    answer.hidden = true;
     results.replaceChildren();
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = URL.createObjectURL(file);
@@ -158,8 +165,8 @@
     status.textContent = "Classifying\u2026";
     const form = new FormData();
     form.append("img", file, file.name || "pasted.png");
-    const query = new URLSearchParams({ topk: topkSelect.value });
-    if (chosenModel()) query.set("model", chosenModel());
+    const query = new URLSearchParams({ topk: topkSelect.value, include_input: "true" });
+    if (modelSelect.value) query.set("model", modelSelect.value);
     try {
       const response = await fetch("/predict?" + query, { method: "POST", body: form, headers: authHeaders() });
       const body = await response.json().catch(() => null);
@@ -184,7 +191,6 @@
   // CIFAR-sized images are shown enlarged with visible pixels rather than blurred
   preview.addEventListener("load", () => preview.classList.toggle("tiny", preview.naturalWidth < 128));
   fileInput.addEventListener("change", () => classify(fileInput.files[0]));
-  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") fileInput.click(); });
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
   }
@@ -196,6 +202,7 @@
     const item = [...(e.clipboardData || {}).items || []].find((i) => i.type.startsWith("image/"));
     if (item) classify(item.getAsFile());
   });
+  modelSelect.addEventListener("change", describeModel);
   // another model or top-k: the last image again
   controls.addEventListener("change", () => { if (lastFile) classify(lastFile); });
   // Enter in a field must not reload the page (the page's CSP forbids inline handlers, so this lives here).
