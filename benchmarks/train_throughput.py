@@ -27,7 +27,7 @@ import argparse
 import os
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +103,7 @@ def time_training(model_name: str, batches, device: torch.device, steps: int, wa
     """Images/s of ``steps`` training steps after ``warmup`` untimed ones."""
     recipe = RECIPES[model_name]
     torch.manual_seed(0)
-    model = create_model(model_name).to(device).train()
+    model = create_model(recipe.model, **recipe.model_kwargs).to(device).train()  # e.g. a pretrained net's resolution
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(recipe, model)
@@ -179,7 +179,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=os.environ.get("CIFAR10_DATA", "../shared/data/cifar10-jpeg.tar.gz"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--models", nargs="*", default=list_models())
+    p.add_argument("--models", nargs="*", default=list_models(),
+                   help="models (their documented recipes) or named recipes, e.g. efficientnet_lite0_64")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per measurement")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--min-images", type=int, default=2000, help="time at least this many images per measurement")
@@ -210,7 +211,7 @@ def main() -> None:
         "command": _command(args),
         "device": _device_name(device),
         "torch": str(torch.__version__), "dataloader_workers": args.workers,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "results": rows,
     }
     write_report(report, Path(args.out) if args.out else RESULTS / f"train_throughput_{device.type}.json")
@@ -229,7 +230,7 @@ def main_precision(args, device: torch.device, images, labels) -> None:
                 "and augmentation) in three numeric modes; bf16 = autocast around the forward pass",
         "command": _command(args),
         "device": _device_name(device), "cpu_bf16_units": cpu_bf16_units() if device.type == "cpu" else None,
-        "torch": str(torch.__version__), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": str(torch.__version__), "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "results": rows,
     }
     write_report(report, Path(args.out) if args.out else RESULTS / f"train_precision_{device.type}.json")

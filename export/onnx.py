@@ -28,7 +28,7 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import onnx
@@ -121,7 +121,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
 
     set_metadata(proto, build_metadata(
         ckpt, sha256=report["source_checkpoint_sha256"], opset=opset, parity=parity,
-        exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch_version=str(torch.__version__),
+        exported_at=datetime.now(UTC).isoformat(timespec="seconds"), torch_version=str(torch.__version__),
         tta=tta))
     final = proto.SerializeToString()
     # What is written must be what was measured plus metadata, nothing else: compare the graphs as stored.

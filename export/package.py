@@ -45,7 +45,8 @@ import os
 import re
 import shutil
 import sys
-from datetime import datetime, timezone
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +74,38 @@ from training.models import count_parameters
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 DATASET = "CIFAR-10, JPEG-q75 copy (../shared/data/cifar10-jpeg.tar.gz), 10,000 test images"
+MANIFEST = "MANIFEST.json"
 MAX_FILE_BYTES = 16 * 2**20
+PRETRAINED_LABEL = "ImageNet-1k pretrained (external data)"
 THROUGHPUT_IMAGES = 2048
 # log.txt exists when the run's output was redirected into its folder (the README's background runs).
 RUN_EVIDENCE = ("metrics.jsonl", "log.txt", "loss.png", "accuracy.png", "lr.png", "confusion.png")
+
+
+class StagedWeights:
+    """``weights/`` changed all at once or not at all.
+
+    A package run writes every new file (checkpoints, ONNX files, parity reports, int8 copies, the manifest)
+    into a hidden staging folder inside ``weights/`` (same file system, ignored by the service and by git);
+    ``commit`` then moves them in, the manifest last, and deletes the files that must go (an int8 copy no
+    longer served). An error before ``commit`` leaves ``weights/`` byte for byte as it was.
+    """
+
+    def __init__(self, weights: Path):
+        weights.mkdir(parents=True, exist_ok=True)
+        self.weights = weights
+        self.dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=weights))
+        self.removed: set[str] = set()
+
+    def commit(self) -> None:
+        staged = sorted(self.dir.iterdir(), key=lambda p: (p.name == MANIFEST, p.name))
+        for path in staged:
+            os.replace(path, self.weights / path.name)
+        for name in self.removed - {p.name for p in staged}:
+            (self.weights / name).unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def checkpoint_of(run: str | os.PathLike) -> Path:
@@ -115,15 +144,15 @@ def copy_run_evidence(run_dir: Path, docs: Path) -> str:
     return repo_relative(docs)
 
 
-def package_run(run: str | os.PathLike, name: str, weights: Path, data: str | None, command: str | None = None,
-                docs: Path | None = None, tta: str | None = None) -> dict:
-    """Ship ``run`` as ``weights/<name>.pt`` and ``.onnx``; return its manifest entry."""
+def package_run(run: str | os.PathLike, name: str, stage: StagedWeights, data: str | None,
+                command: str | None = None, docs: Path | None = None, tta: str | None = None) -> dict:
+    """Stage ``run`` as ``<name>.pt`` and ``.onnx`` (and its int8 copy); return its manifest entry."""
     source = checkpoint_of(run)
     ckpt = load_checkpoint(source)
     # best.pt stops at the selected epoch; the run's last.pt knows how far training went.
     last_path = source.with_name("last.pt")
     last = load_checkpoint(last_path) if last_path.exists() and last_path != source else ckpt
-    pt_path, onnx_path = weights / f"{name}.pt", weights / f"{name}.onnx"
+    pt_path, onnx_path = stage.dir / f"{name}.pt", stage.dir / f"{name}.onnx"
     atomic_save(without_training_state(ckpt), pt_path)
     parity = export_checkpoint(pt_path, onnx_path, data=data, tta=tta)
     evaluation = measure_onnx_accuracy(onnx_path, data)
@@ -149,6 +178,8 @@ def package_run(run: str | os.PathLike, name: str, weights: Path, data: str | No
         "complete": last["epoch"] == last.get("epochs"),
         "selected_on": ckpt.get("selected_on"), "selected_epoch": ckpt["epoch"],
         "recipe_name": recipe_name(ckpt, run_command),
+        # Where the starting weights came from: trained from scratch on CIFAR-10 only, or not.
+        "pretrained": (f"{PRETRAINED_LABEL}: {run_args.pretrained}" if run_args.pretrained else None),
         "run_evidence": copy_run_evidence(source.parent, docs / source.parent.name) if docs else "",
         "recipe": ckpt["recipe"],
         "command": repo_relative_command(run_command),
@@ -159,18 +190,19 @@ def package_run(run: str | os.PathLike, name: str, weights: Path, data: str | No
         "cpu_images_per_s": round(images_per_second(session, timing), 1),
         "cpu_throughput_note": f"onnxruntime CPUExecutionProvider, batches of 64, {os.cpu_count()} cores, "
                                f"onnxruntime {ort.__version__}",
-        "date": datetime.now(timezone.utc).date().isoformat(),
-        "int8": package_int8(onnx_path, data),
+        "date": datetime.now(UTC).date().isoformat(),
+        "int8": package_int8(onnx_path, data, stage),
     }
 
 
-def package_int8(onnx_path: Path, data: str | None) -> dict:
-    """Quantize ``onnx_path``; keep ``NAME.int8.onnx`` only if the service would serve it. Its figures."""
+def package_int8(onnx_path: Path, data: str | None, stage: StagedWeights) -> dict:
+    """Quantize the staged ``onnx_path``; keep ``NAME.int8.onnx`` only if the service would serve it. Its figures."""
     figures = quantize_model(onnx_path, load_cifar10(data), max_drop=INT8_MAX_DROP_POINTS)
     int8_file = int8_path(onnx_path)
     served = figures["kept"] and int8_preferred(figures)
     if not served:
         int8_file.unlink(missing_ok=True)
+        stage.removed.add(int8_file.name)  # an older copy in weights/ would disagree with the new fp32 file
     return {
         "served": served,
         "onnx": int8_file.name if served else None,
@@ -197,7 +229,7 @@ def remeasure_speed(entry: dict, weights: Path, timing: np.ndarray) -> None:
     onnx_path = weights / entry["onnx"]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     entry["cpu_images_per_s"] = round(images_per_second(session, timing), 1)
-    entry["cpu_measured"] = datetime.now(timezone.utc).date().isoformat()
+    entry["cpu_measured"] = datetime.now(UTC).date().isoformat()
     int8 = entry.get("int8")
     if isinstance(int8, dict) and int8.get("onnx") and (weights / int8["onnx"]).is_file():
         int8_file = weights / int8["onnx"]
@@ -253,13 +285,30 @@ def main(argv: list[str] | None = None) -> int:
     if not args.runs and not args.requantize and not args.remeasure:
         p.error("give runs to package, --requantize NAME... or --remeasure NAME...")
     weights = Path(args.weights)
-    manifest_path = weights / "MANIFEST.json"
+    manifest_path = weights / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    stage = StagedWeights(weights)
+    try:
+        code = package(args, manifest, stage)
+        if code == 0:
+            stage.commit()
+            print(f"default model: {manifest['default_model']}; wrote {manifest_path}")
+        return code
+    except OSError as exc:  # a full disk, a folder that cannot be written: weights/ stays as it was
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        stage.discard()
+
+
+def package(args: argparse.Namespace, manifest: dict, stage: StagedWeights) -> int:
+    """Every step of a package run, writing into ``stage`` only; 0 when it may be committed, else 2."""
+    weights = stage.weights
     try:
         if args.tta is not None:
             check_tta(args.tta)
         for run, name in named_runs(args.runs):
-            entry = package_run(run, name, weights, args.data, args.command, Path(args.docs), args.tta)
+            entry = package_run(run, name, stage, args.data, args.command, Path(args.docs), args.tta)
             manifest["models"][name] = entry
             shown = name if name == entry["arch"] else f"{name} ({entry['arch']})"
             print(f"{shown}: test accuracy {100 * entry['test_accuracy']:.2f}% after {entry['epochs']} epochs "
@@ -270,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.requantize:
             if name not in manifest["models"] or not (weights / f"{name}.onnx").is_file():
                 raise ExportError(f"--requantize {name}: no such packaged model in {weights}")
-            figures = manifest["models"][name]["int8"] = package_int8(weights / f"{name}.onnx", args.data)
+            shutil.copy2(weights / f"{name}.onnx", stage.dir / f"{name}.onnx")  # its int8 copy is made beside it
+            figures = manifest["models"][name]["int8"] = package_int8(stage.dir / f"{name}.onnx", args.data, stage)
             print(f"{name}: int8 {'served' if figures['served'] else 'not served'} "
                   f"({figures['accuracy_drop_points']:+.2f} points lost, x{figures['single_image_speedup']} "
                   f"one image at a time)", flush=True)
@@ -295,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest["default_rule"] = ("named with --default" if args.default else
                                 f"most accurate model with >= {args.min_default_images_per_s:g} CPU images/s")
     manifest["torch_used_for_packaging"] = str(torch.__version__)
-    write_json(manifest_path, manifest)
-    print(f"default model: {manifest['default_model']}; wrote {manifest_path}")
+    write_json(stage.dir / MANIFEST, manifest)
     return 0
 
 

@@ -28,6 +28,9 @@ class Augment:
     saturation: float = 0.0
     hue: float = 0.0               # fraction of a full turn, at most 0.5
     cutout: int = 0                # side of a square zeroed (after normalization) at a random place
+    # What the upload path does to an image (serving/uploads.py), applied last, to this share of the images:
+    upload_resize: float = 0.0     # enlarged 1.5-10x by a client's filter, then shrunk back as the service does
+    upload_jpeg: float = 0.0       # saved as JPEG at a random quality (UPLOAD_JPEG_QUALITY), then decoded
 
     def __post_init__(self):
         if self.pad_mode not in ("constant", "reflect"):
@@ -36,6 +39,8 @@ class Augment:
             raise ValueError("hue must be in [0, 0.5]")
         if self.alternating_flip and not self.flip:
             raise ValueError("alternating_flip needs flip=True")
+        if not (0.0 <= self.upload_resize <= 1.0 and 0.0 <= self.upload_jpeg <= 1.0):
+            raise ValueError("upload_resize and upload_jpeg are probabilities, in [0, 1]")
 
     def before_normalize(self, x: torch.Tensor, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``flip_mask`` (N,) bool: which images to flip, for ``alternating_flip`` (else drawn at random)."""
@@ -47,6 +52,10 @@ class Augment:
             x = random_rotation(x, self.rotation)
         if self.brightness or self.contrast or self.saturation or self.hue:
             x = color_jitter(x, self.brightness, self.contrast, self.saturation, self.hue)
+        if self.upload_resize:
+            x = upload_resize(x, self.upload_resize)
+        if self.upload_jpeg:
+            x = jpeg_round_trip(x, self.upload_jpeg)
         return x
 
     def after_normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,3 +149,95 @@ def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
     return x.masked_fill(inside[:, None], 0.0)
+
+
+# --- The upload path: what a photo goes through between a user's disk and the model ----------------------
+
+UPLOAD_SCALES = (1.5, 10.0)  # how much larger than 32x32 clients send an image (their own resize)
+UPLOAD_FILTERS = ("nearest", "bilinear", "bicubic", "area")  # the filters their software resizes with
+UPLOAD_JPEG_QUALITY = (40, 95)
+
+
+def _to_8_bits(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def upload_resize(x: torch.Tensor, probability: float) -> torch.Tensor:
+    """A random share of the batch enlarged by a random factor with a random filter (one of each per call),
+    stored in 8 bits as a client's file is, then shrunk back to the batch's size with antialiased bicubic
+    filtering, as the service's decode does (Pillow's reducing resize; close to it, not bit for bit)."""
+    n, _, h, w = x.shape
+    chosen = (torch.rand(n, device=x.device) < probability).nonzero().squeeze(1)
+    if chosen.numel() == 0:
+        return x
+    draw = torch.rand(2, device=x.device).tolist()
+    scale = UPLOAD_SCALES[0] + draw[0] * (UPLOAD_SCALES[1] - UPLOAD_SCALES[0])
+    mode = UPLOAD_FILTERS[min(int(draw[1] * len(UPLOAD_FILTERS)), len(UPLOAD_FILTERS) - 1)]
+    size = (round(h * scale), round(w * scale))
+    corners = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    big = _to_8_bits(F.interpolate(x[chosen], size=size, mode=mode, **corners))
+    small = F.interpolate(big, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+    out = x.clone()
+    out[chosen] = _to_8_bits(small).to(x.dtype)
+    return out
+
+
+# The JPEG standard's (ITU T.81, Annex K) example quantization tables, which libjpeg scales by quality.
+_LUMA_TABLE = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+               14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+               49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
+_CHROMA_TABLE = (17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+                 47, 66, 99, 99, 99, 99, 99, 99) + (99,) * 32
+# JFIF's RGB -> YCbCr (full range, offset 128 on the chroma).
+_RGB_TO_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+
+
+def _dct_matrix(device, dtype) -> torch.Tensor:
+    k = torch.arange(8, device=device, dtype=dtype)
+    basis = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
+    basis[0] /= math.sqrt(2)
+    return basis  # orthonormal: rows are the 1-D DCT-II basis vectors
+
+
+def _quantization_tables(quality: torch.Tensor, table: tuple, dtype) -> torch.Tensor:
+    """(N, 8, 8) libjpeg tables for per-image qualities 1..100."""
+    scale = torch.where(quality < 50, 5000 / quality, 200 - 2 * quality).to(dtype)
+    base = torch.tensor(table, device=quality.device, dtype=dtype).view(1, 8, 8)
+    return ((base * scale.view(-1, 1, 1) + 50) / 100).floor().clamp(1, 255)
+
+
+def _blockwise(plane: torch.Tensor, tables: torch.Tensor, dct: torch.Tensor) -> torch.Tensor:
+    """Quantize (N, H, W) samples (level-shifted) in 8x8 DCT blocks with per-image (N, 8, 8) tables."""
+    n, h, w = plane.shape
+    blocks = plane.view(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)
+    coeffs = dct @ blocks @ dct.T
+    t = tables.view(n, 1, 1, 8, 8)
+    restored = dct.T @ ((coeffs / t).round() * t) @ dct
+    return restored.permute(0, 1, 3, 2, 4).reshape(n, h, w)
+
+
+def jpeg_round_trip(x: torch.Tensor, probability: float) -> torch.Tensor:
+    """A random share of the batch through JPEG compression at per-image random qualities, in tensor ops on
+    x's device: JFIF colour conversion, 4:2:0 chroma subsampling, 8x8 DCT quantized with the standard's
+    tables at libjpeg's quality scaling, and back. What a re-saved upload loses, without an encoder; entropy
+    coding is lossless and left out. Image sides must be multiples of 16 (CIFAR's 32 is)."""
+    n, _, h, w = x.shape
+    if h % 16 or w % 16:
+        raise ValueError("jpeg_round_trip needs sides that are multiples of 16")
+    chosen = (torch.rand(n, device=x.device) < probability).nonzero().squeeze(1)
+    if chosen.numel() == 0:
+        return x
+    work = x[chosen].float()
+    low, high = UPLOAD_JPEG_QUALITY
+    quality = torch.randint(low, high + 1, (len(chosen),), device=x.device).float()
+    dct = _dct_matrix(x.device, work.dtype)
+    to_ycc = torch.tensor(_RGB_TO_YCBCR, device=x.device, dtype=work.dtype)
+    ycc = torch.einsum("ij,njhw->nihw", to_ycc, _to_8_bits(work) * 255)  # Y in 0..255, chroma centred on 0
+    luma = _blockwise(ycc[:, 0] - 128, _quantization_tables(quality, _LUMA_TABLE, work.dtype), dct) + 128
+    chroma_tables = _quantization_tables(quality, _CHROMA_TABLE, work.dtype)
+    chroma = [F.interpolate(_blockwise(F.avg_pool2d(ycc[:, c:c + 1], 2)[:, 0], chroma_tables, dct)[:, None],
+                            scale_factor=2, mode="bilinear", align_corners=False)[:, 0] for c in (1, 2)]
+    restored = torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_ycc), torch.stack([luma, *chroma], 1))
+    out = x.clone()
+    out[chosen] = _to_8_bits(restored / 255).to(x.dtype)
+    return out

@@ -60,9 +60,11 @@ class Checkpoint(_Model, total=False):
     rng: dict
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunArgs:
     """How a run was started (its checkpoints' ``args``): what ``--resume`` keeps and packaging reports.
+
+    Set when a run is planned, but ``pretrained`` once its starting weights are loaded.
 
     Files from before a key existed lack it and get the default here; before ``--precision`` a
     run trained in fp32 unless ``amp`` (bf16) was set.
@@ -78,6 +80,7 @@ class RunArgs:
     eval_limit: int | None = None
     threads: int | None = None  # CPU threads; None: not recorded
     world_size: int = 1
+    pretrained: str = ""  # "package==version" the starting weights came from; "" when trained from scratch
 
     @classmethod
     def from_dict(cls, saved: dict) -> RunArgs:

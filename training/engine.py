@@ -12,6 +12,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from training.data import DeviceLoader
+from training.distill import Distillation
 from training.models import NUM_CLASSES
 from training.recipes import Recipe
 
@@ -186,8 +187,9 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 def train_one_epoch(model: nn.Module, loader: DeviceLoader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, recipe: Recipe, device: torch.device,
                     amp: bool = False, progress: str | None = None, lookahead: Lookahead | None = None,
-                    first_step: int = 0) -> dict:
-    """One pass over ``loader``; returns train loss, accuracy, images/s and the last LR."""
+                    first_step: int = 0, distill: Distillation | None = None) -> dict:
+    """One pass over ``loader``; returns train loss (with ``distill``: the combined loss), accuracy, images/s
+    and the last LR."""
     model.train()
     accum = recipe.grad_accum_steps
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -211,6 +213,8 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, criterion: nn.Module
             with autocast(device, amp):
                 logits = model(x)
                 loss = criterion(logits.float(), y)
+            if distill is not None:  # the teacher runs in fp32, outside autocast
+                loss = distill.loss(x, logits.float(), y, loss)
             (loss * (len(y) / group_size)).backward()
         if last_of_group:
             if recipe.grad_clip_value is not None:

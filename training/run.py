@@ -17,7 +17,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ import torch.nn as nn
 from common.files import write_text
 from training.checkpoint import Checkpoint, CheckpointError, RunArgs, atomic_save, load_checkpoint, make_checkpoint
 from training.data import CLASSES, DataError, DeviceLoader, channel_stats, load_cifar10, split_validation
+from training.distill import Distillation
 from training.engine import (
     Lookahead,
     build_optimizer,
@@ -37,7 +38,14 @@ from training.engine import (
     train_one_epoch,
 )
 from training.hardware import PRECISIONS, Precision, resolve_precision, set_threads
-from training.models import UnknownArchitectureError, count_parameters, create_model, list_models, model_info
+from training.models import (
+    PretrainedWeightsError,
+    UnknownArchitectureError,
+    count_parameters,
+    create_model,
+    list_models,
+    model_info,
+)
 from training.plots import plot_confusion, plot_curves
 from training.recipes import HALF, RECIPES, Recipe, default_recipe
 from training.tta import with_tta
@@ -63,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="override the recipe's (global) batch size")
     p.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
     p.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
+    p.add_argument("--teacher", help="distil from this checkpoint (override the recipe's teacher)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-size", type=int, default=5000,
@@ -132,7 +141,7 @@ def _resolve_recipe(args: argparse.Namespace, resumed: Checkpoint | None) -> Rec
         raise UsageError("--model NAME is required (see --list)")
     try:
         return recipe.replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                              weight_decay=args.weight_decay)
+                              weight_decay=args.weight_decay, teacher=args.teacher)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -233,6 +242,7 @@ class TrainingState:
     step_count: int  # optimizer steps per epoch
     lookahead: Lookahead | None
     progress: Progress
+    distill: Distillation | None = None
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -307,6 +317,14 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
     model = create_model(recipe.model, **recipe.model_kwargs).to(procs.device)
     if hasattr(model, "init_whitening") and resumed is None:  # a resumed run loads its fitted filters
         model.init_whitening(data.train.normalized(WHITENING_IMAGES))
+    if recipe.init == "imagenet" and resumed is None:  # a resumed run loads its own weights
+        if not hasattr(model, "load_imagenet"):
+            raise UsageError(f"the recipe asks for ImageNet weights, which model {recipe.model} does not have")
+        try:
+            plan.run_args.pretrained = model.load_imagenet()
+        except PretrainedWeightsError as exc:
+            raise UsageError(str(exc)) from None
+        procs.say(f"init: ImageNet-1k weights from {plan.run_args.pretrained}")
     if plan.precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(recipe, model)
@@ -323,7 +341,12 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
             trained, device_ids=[procs.local_rank] if procs.device.type == "cuda" else None)
     if compile_model:
         trained = torch.compile(trained)
-    return TrainingState(trained, model, optimizer, scheduler, step_count, lookahead, progress)
+    distill = None
+    if recipe.teacher:
+        distill = Distillation(recipe.teacher, data.mean, data.std, recipe.distill_temperature, recipe.distill_alpha,
+                               procs.device)
+        procs.say(f"distilling from {recipe.teacher} (T {recipe.distill_temperature}, alpha {recipe.distill_alpha})")
+    return TrainingState(trained, model, optimizer, scheduler, step_count, lookahead, progress, distill)
 
 
 def _resume(resumed: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, plan: RunPlan,
@@ -355,7 +378,7 @@ def _train_epochs(plan: RunPlan, data: Data, state: TrainingState, procs: Proces
     for epoch in range(progress.start_epoch, recipe.epochs):
         row = {"epoch": epoch + 1, **_train_epoch(epoch, plan, data, state, criterion, device, show_progress)}
         test, improved = _measure_epoch(row, plan, data, state, with_test_tta, device)
-        row.update(time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        row.update(time=datetime.now(UTC).isoformat(timespec="seconds"))
         progress.metrics.append(row)
         progress.test_confusion = test["confusion"]
         if procs.is_main:
@@ -380,7 +403,7 @@ def _train_epoch(epoch: int, plan: RunPlan, data: Data, state: TrainingState, cr
     figures = train_one_epoch(state.model, data.train, criterion, state.optimizer, state.scheduler, recipe, device,
                               amp=plan.precision.autocast,
                               progress=f"epoch {epoch + 1}/{recipe.epochs}" if show_progress else None,
-                              lookahead=state.lookahead, first_step=epoch * state.step_count)
+                              lookahead=state.lookahead, first_step=epoch * state.step_count, distill=state.distill)
     if state.lookahead is not None and epoch + 1 == recipe.epochs:
         state.lookahead.finish()  # the trained model is the weights' average
     return figures

@@ -35,6 +35,10 @@ class UnknownArchitectureError(KeyError):
         return self.args[0]
 
 
+class PretrainedWeightsError(Exception):
+    """Pretrained weights that cannot be had or do not fit the model; the message is for the user as is."""
+
+
 def register_model(name: str, seed: str, summary: str):
     """Class decorator adding a model to the registry under ``name``."""
 
@@ -69,4 +73,12 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # Importing the modules registers their models.
-from training.models import adaptive, backbone6, dwsep, staged, tutorial, whitened_vgg  # noqa: E402,F401
+from training.models import (  # noqa: E402,F401
+    adaptive,
+    backbone6,
+    dwsep,
+    efficientnet_lite,
+    staged,
+    tutorial,
+    whitened_vgg,
+)

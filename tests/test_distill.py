@@ -1,0 +1,67 @@
+"""Distillation as a recipe field: the teacher answers the very views the student trains on."""
+
+from __future__ import annotations
+
+import torch
+
+import training.distill as distill_module
+from training.distill import Distillation
+from training.recipes import HALF
+from training.run import main as run_main
+
+
+def test_teacher_sees_the_students_pixels_in_its_own_normalization(fresh_checkpoint):
+    teacher_ckpt = fresh_checkpoint("tutorial")  # trained with HALF: (x - 0.5) / 0.5
+    student_mean, student_std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    distill = Distillation(teacher_ckpt, student_mean, student_std, temperature=4.0, alpha=0.8,
+                           device=torch.device("cpu"))
+    seen = []
+    distill.teacher.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    pixels = torch.rand(5, 3, 32, 32)
+    mean, std = torch.tensor(student_mean).view(1, 3, 1, 1), torch.tensor(student_std).view(1, 3, 1, 1)
+    distill.teacher_logits((pixels - mean) / std)
+    torch.testing.assert_close(seen[0], (pixels - HALF[0][0]) / HALF[1][0], rtol=1e-5, atol=1e-5)
+
+
+def test_soft_targets_pull_the_loss_towards_the_teacher(fresh_checkpoint):
+    distill = Distillation(fresh_checkpoint("tutorial"), *HALF, temperature=2.0, alpha=1.0, device=torch.device("cpu"))
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    labels = torch.zeros(4, dtype=torch.long)
+    agreeing = distill.loss(x, distill.teacher_logits(x), labels, torch.tensor(0.0))
+    disagreeing = distill.loss(x, -distill.teacher_logits(x) * 5, labels, torch.tensor(0.0))
+    assert agreeing.item() < 1e-5 < disagreeing.item()
+
+
+def test_a_tiny_run_calls_the_teacher_on_every_augmented_view(fresh_checkpoint, data_archive, tmp_path, monkeypatch):
+    teacher_inputs, student_inputs = [], []
+    original = Distillation.teacher_logits
+
+    def recording(self, student_input):
+        teacher_inputs.append(student_input)
+        return original(self, student_input)
+
+    monkeypatch.setattr(distill_module.Distillation, "teacher_logits", recording)
+
+    def student_hook(module, args):
+        if module.training and type(module).__name__ == "TutorialNet":
+            student_inputs.append(args[0])
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(student_hook)
+    try:
+        code = run_main(["--model", "tutorial", "--teacher", str(fresh_checkpoint("tutorial")), "--data",
+                         str(data_archive), "--limit", "96", "--eval-limit", "50", "--val-size", "0", "--epochs", "1",
+                         "--batch-size", "32", "--out", str(tmp_path / "run"), "--no-progress", "--threads", "1"])
+    finally:
+        handle.remove()
+    assert code == 0
+    assert len(teacher_inputs) == len(student_inputs) == 3  # 96 images in batches of 32
+    assert all(t is s for t, s in zip(teacher_inputs, student_inputs, strict=True))  # the same augmented views
+    assert (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_missing_teacher_is_a_one_line_error(data_archive, tmp_path, capsys):
+    code = run_main(["--model", "tutorial", "--teacher", str(tmp_path / "nope.pt"), "--data", str(data_archive),
+                     "--limit", "32", "--val-size", "0", "--epochs", "1", "--out", str(tmp_path / "run"),
+                     "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "nope.pt" in err[0]

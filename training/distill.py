@@ -1,0 +1,51 @@
+"""Knowledge distillation: a trained teacher's softened answers as a second training target.
+
+A recipe with ``teacher`` (a checkpoint path) trains its model on
+
+    (1 - distill_alpha) * cross_entropy(student, labels) + distill_alpha * T^2 * KL(teacher_T || student_T)
+
+where ``_T`` is a softmax at temperature ``T = distill_temperature`` (Hinton et al., 2015; the T^2 keeps
+the soft term's gradients on the scale of the hard one). The teacher sees exactly the augmented view the
+student sees: the student's normalized batch is turned back into [0, 1] pixels and normalized the teacher's
+way, so any trained model of this project can teach any other. The teacher runs in eval mode, fp32, without
+gradients, and without its test-time augmentation (one forward pass per batch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+
+
+class Distillation(nn.Module):
+    def __init__(self, teacher_checkpoint: str | Path, student_mean, student_std, temperature: float,
+                 alpha: float, device: torch.device):
+        super().__init__()
+        ckpt = load_checkpoint(teacher_checkpoint)
+        self.teacher = model_from_checkpoint(ckpt).to(device).eval().requires_grad_(False)
+        self.temperature, self.alpha = temperature, alpha
+
+        def column(values):
+            return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+        # teacher input = (student input * s_std + s_mean - t_mean) / t_std, as one scale and shift
+        self.register_buffer("scale", column(student_std) / column(ckpt["std"]))
+        self.register_buffer("shift", (column(student_mean) - column(ckpt["mean"])) / column(ckpt["std"]))
+
+    @torch.no_grad()
+    def teacher_logits(self, student_input: torch.Tensor) -> torch.Tensor:
+        x = student_input.float() * self.scale + self.shift
+        return self.teacher(x.contiguous(memory_format=torch.channels_last)
+                            if student_input.is_contiguous(memory_format=torch.channels_last) else x).float()
+
+    def loss(self, student_input: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
+             hard_loss: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(self.teacher_logits(student_input) / t,
+                        dim=1), reduction="batchmean", log_target=True) * (t * t)
+        return (1 - self.alpha) * hard_loss + self.alpha * soft
