@@ -92,10 +92,17 @@ class StagedWeights:
     """
 
     def __init__(self, weights: Path):
-        weights.mkdir(parents=True, exist_ok=True)
         self.weights = weights
-        self.dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=weights))
         self.removed: set[str] = set()
+        self._dir: Path | None = None
+
+    @property
+    def dir(self) -> Path:
+        """The staging folder, made on first use: a run refused before it writes anything creates nothing."""
+        if self._dir is None:
+            self.weights.mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.weights))
+        return self._dir
 
     def commit(self) -> None:
         staged = sorted(self.dir.iterdir(), key=lambda p: (p.name == MANIFEST, p.name))
@@ -105,7 +112,8 @@ class StagedWeights:
             (self.weights / name).unlink(missing_ok=True)
 
     def discard(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def checkpoint_of(run: str | os.PathLike) -> Path:
