@@ -24,31 +24,47 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from serving.config import ConfigError, load_config
-
 if TYPE_CHECKING:
     from flask import Flask
 
+    from serving.config import ConfigError
+
 __all__ = ["create_app", "ConfigError"]
+
+
+def __getattr__(name: str):
+    # serving.ConfigError without importing serving.config here, so that `python -m serving.config`
+    # (which prints the settings table) runs the module once, as __main__ only.
+    if name == "ConfigError":
+        from serving.config import ConfigError
+
+        return ConfigError
+    raise AttributeError(f"module 'serving' has no attribute {name!r}")
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The WSGI app with every model in MODELS_DIR loaded, verified and warmed up.
 
-    ``config`` overrides the environment (see serving/config.py). Raises ConfigError or
+    ``config`` overrides the environment (see serving/config.py; its other keys, such as TESTING, go to
+    Flask's config unchanged); without it, the settings the gunicorn master parsed (or the environment's,
+    outside gunicorn). Raises ConfigError or
     serving.models.ModelLoadError, with a one-line message, when the service could not answer correctly.
     """
     from flask import Flask
 
     from serving import api, errors, kserve, metrics, openapi, request_context, web
+    from serving import config as _config
     from serving.models import ModelRegistry
 
-    settings = load_config(config)
+    settings = _config.active(config)
     app = Flask(__name__, static_folder="static", static_url_path="/static")
-    app.config.update(settings)
+    app.config.update(settings.flask_config())
+    for key, value in (config or {}).items():
+        app.config.setdefault(key, value)
+    app.extensions["settings"] = settings
     app.json.sort_keys = False
     app.extensions["model_registry"] = ModelRegistry.load(
-        settings["MODELS_DIR"], settings["DEFAULT_MODEL"], settings["INTRA_OP_THREADS"], settings["PRECISION"])
+        settings.models_dir, settings.default_model, settings.intra_op_threads, settings.precision)
 
     errors.register_error_handlers(app)
     request_context.init_app(app)  # before metrics: a refused request is still counted

@@ -1,7 +1,9 @@
 """gunicorn settings for ``gunicorn --config serving/gunicorn.conf.py 'serving:create_app()'``.
 
-Every environment variable read here is listed in serving/config.py (``process_settings``), with
-the service's own settings (MODELS_DIR, DEFAULT_MODEL, MAX_UPLOAD_MB, ...).
+Settings: the environment is parsed once, here in the master (``serving.config.Settings``, the one table
+of every setting), and installed; the workers are forked from this process and read that same object
+(``serving.config.active()``): the app's limits, the worker class's deadlines and gunicorn's own options
+below all come from that one parse. A bad setting is one line on stderr and exit status 1.
 
 Worker: serving.worker.ServiceWorker, gevent with read and request deadlines, so that slow or
 stalled clients hold a greenlet each, never the worker (see that module for the measurements).
@@ -26,48 +28,50 @@ import shutil
 import sys
 import tempfile
 
-# Must be in the environment before any worker imports prometheus_client.
+# Must be in the environment before any worker imports prometheus_client (prometheus_client's own
+# mechanism for sharing metrics between processes, not a setting of the service).
 _OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="cifar10-serving-metrics-")
 
+from serving import config as _config  # noqa: E402
 from serving import model_files  # noqa: E402
-from serving.config import ConfigError, default_intra_op_threads, load_config, process_settings  # noqa: E402
 
 try:
-    _settings = process_settings()
-except ConfigError as _exc:
+    _settings = _config.install(_config.Settings.from_environ())
+except _config.ConfigError as _exc:
     print(f"cannot start the service: {_exc}", file=sys.stderr)
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     sys.exit(1)
 
-bind = _settings["bind"]
-workers = _settings["workers"]
-worker_class = _settings["worker_class"]
-worker_connections = _settings["worker_connections"]
-threads = _settings["threads"]  # only gthread uses threads
+bind = _settings.bind
+workers = _settings.workers
+worker_class = _settings.worker_class
+worker_connections = _settings.worker_connections
+threads = _settings.threads  # only gthread uses threads
 # One listening socket shared by the workers (REUSE_PORT=0, the default): a worker that is recycled or
 # stopping closes nothing that other workers need, so no queued connection is reset. gevent workers
 # accept one connection at a time when there are several workers, which keeps the load even
 # (measured: same req/s and p99 as one SO_REUSEPORT socket per worker, benchmarks/serve_load.py).
 # on_starting first checks that nothing else listens on the port, so the refusal is immediate.
-reuse_port = _settings["reuse_port"]
-timeout = _settings["timeout"]
-keepalive = _settings["keepalive"]
+reuse_port = _settings.reuse_port
+timeout = _settings.timeout
+keepalive = _settings.keepalive
 # The master waits this long after SIGTERM before it kills workers: the drain, then in-flight requests.
-graceful_timeout = math.ceil(_settings["drain_seconds"] + _settings["graceful_timeout"])
+graceful_timeout = math.ceil(_settings.drain_seconds + _settings.graceful_timeout)
 # Recycle workers so that memory cannot creep; the jitter keeps them from restarting together.
-max_requests = _settings["max_requests"]
+max_requests = _settings.max_requests
 max_requests_jitter = max_requests // 10
-loglevel = _settings["log_level"]
+loglevel = _settings.log_level
 errorlog = "-"
-accesslog = "-" if _settings["access_log"] else None
+accesslog = "-" if _settings.access_log else None
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms request_id=%({x-request-id}o)s'
 proc_name = "cifar10-serving"
 control_socket_disable = True  # gunicorn >= 24's control socket: unused here, and one path per user collides
 preload_app = False
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"  # worker heartbeats in memory, not on a (possibly slow) disk
-os.environ["DRAIN_SECONDS"] = str(_settings["drain_seconds"])  # read by serving.worker in each worker
 
 
 def _reset_metrics_dir(path: str) -> None:
@@ -79,7 +83,7 @@ def _reset_metrics_dir(path: str) -> None:
             os.unlink(target)
 
 
-def _verify_models(config: dict) -> tuple[bool, str]:
+def _verify_models(settings: _config.Settings) -> tuple[bool, str]:
     """Load, verify and warm every model in a forked child; the master itself never imports onnxruntime.
 
     (onnxruntime loaded in a process that then forks leaves the children unable to exit: they hang
@@ -94,8 +98,8 @@ def _verify_models(config: dict) -> tuple[bool, str]:
             from serving.models import ModelLoadError, ModelRegistry
 
             try:
-                registry = ModelRegistry.load(config["MODELS_DIR"], config["DEFAULT_MODEL"], config["INTRA_OP_THREADS"],
-                                              config["PRECISION"])
+                registry = ModelRegistry.load(settings.models_dir, settings.default_model, settings.intra_op_threads,
+                                              settings.precision)
                 ok, message = True, f"{', '.join(registry.names)} (default {registry.default_name})"
             except ModelLoadError as exc:
                 message = str(exc)
@@ -139,22 +143,19 @@ def on_starting(server):
         on_exit(server)
         sys.exit(1)
     _reset_metrics_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    # Workers run in parallel: give each its share of the cores, unless the operator chose.
-    os.environ.setdefault("INTRA_OP_THREADS", str(default_intra_op_threads(server.cfg.workers)))
     try:
-        config = load_config()
         # Read once, here: forked workers inherit these bytes and never read the folder again.
-        model_files.pin(model_files.read_model_files(config["MODELS_DIR"]))
-    except (ConfigError, model_files.ModelLoadError) as exc:
+        model_files.pin(model_files.read_model_files(_settings.models_dir))
+    except model_files.ModelLoadError as exc:
         ok, message = False, str(exc)
     else:
-        ok, message = _verify_models(config)
+        ok, message = _verify_models(_settings)
     if not ok:
         server.log.error("cannot start the service: %s", message)
         on_exit(server)
         sys.exit(1)
     server.log.info("models verified: %s; %d worker(s) x %d onnxruntime thread(s)",
-                    message, server.cfg.workers, config["INTRA_OP_THREADS"])
+                    message, _settings.workers, _settings.intra_op_threads)
 
 
 def post_fork(server, worker):

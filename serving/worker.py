@@ -6,7 +6,7 @@ fastest) four such connections stopped the whole service; more threads only rais
 benchmarks/slow_clients.py holds hundreds of stalled connections open while it measures /healthz
 and /predict.
 
-Deadlines (seconds, from serving/config.py):
+Deadlines (seconds; settings from ``serving.config.active()``, the master's one parse of the environment):
 
 - headers: a connection must deliver each request's headers within KEEPALIVE of being accepted or
   of its previous answer (gunicorn's own keep-alive timer for async workers); else it is dropped.
@@ -28,13 +28,10 @@ gevent worker stops accepting and gives in-flight requests the rest of the grace
 
 from __future__ import annotations
 
-import os
-
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from serving import lifecycle
-from serving.config import ConfigError, load_config, process_settings
+from serving import config, lifecycle
 
 # A request's last chance to finish after the app's own deadlines (writing a small JSON answer).
 _HARD_DEADLINE_MARGIN = 5.0
@@ -42,17 +39,11 @@ _HARD_DEADLINE_MARGIN = 5.0
 
 class ServiceWorker(GeventWorker):
     def init_process(self):
-        try:
-            config = load_config()
-        except ConfigError:
-            config = {"READ_TIMEOUT": 10.0, "REQUEST_TIMEOUT": 30.0}  # create_app reports the bad setting
-        self.read_timeout = config["READ_TIMEOUT"]
-        self.hard_deadline = config["REQUEST_TIMEOUT"] + config["READ_TIMEOUT"] + _HARD_DEADLINE_MARGIN
-        self.drain_seconds = float(os.environ.get("DRAIN_SECONDS", "0") or 0)
-        try:
-            self.keepalive_requests = process_settings()["keepalive_requests"]
-        except ConfigError:
-            self.keepalive_requests = 0  # the master validated the settings before forking; not reached
+        settings = config.active()  # the object the master parsed before forking this worker
+        self.read_timeout = settings.read_timeout
+        self.hard_deadline = settings.request_timeout + settings.read_timeout + _HARD_DEADLINE_MARGIN
+        self.drain_seconds = settings.drain_seconds
+        self.keepalive_requests = settings.keepalive_requests
         super().init_process()
 
     def handle_request(self, listener_name, req, sock, addr):
