@@ -14,7 +14,6 @@ sample and reports the median. Speed does not depend on the pixel values, so no 
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import statistics
 import sys
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from common.files import write_json
+from common.machine import bf16_units, cpu_name
 from common.paths import repo_relative_command
 from training.models import create_model
 from training.models.whitened_vgg import ACTIVATIONS
@@ -33,25 +33,6 @@ from training.models.whitened_vgg import ACTIVATIONS
 RESULTS = Path(__file__).resolve().parent / "results"
 
 PRECISIONS = ("fp32", "bf16")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def bf16_units() -> str:
-    cpu = getattr(torch, "cpu", None)
-    if cpu is not None and getattr(cpu, "_is_amx_tile_supported", lambda: False)():
-        return "AMX"
-    if cpu is not None and getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
-        return "AVX512-BF16"
-    return "none"
 
 
 class Case:
@@ -118,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 "random inputs; bf16 = torch.autocast('cpu', bfloat16) around the forward pass, fp32 weights",
         "torch_version": str(torch.__version__),
         "cpu": cpu_name(),
-        "cpu_bf16_units": bf16_units(),
+        "cpu_bf16_units": bf16_units() or "none",
         "threads": args.threads,
         "batch": args.batch,
         "steps_per_measurement": args.steps,

@@ -3,16 +3,16 @@
     python benchmarks/image_cost.py [--before REF] [--only NAME ...] [--max-pixels 64000000]
 
 1. Builds worst-case files for every accepted format at the limits (MAX_IMAGE_PIXELS, the 10 MiB
-   upload, ``serving.uploads.MAX_DECODE_BYTES``): the largest images each format may decode, the same
+   upload, ``common.images.MAX_DECODE_BYTES``): the largest images each format may decode, the same
    formats just beyond the memory cap, and the hostile files that were found against the service (an
    ICO holding a 169-megapixel PNG, a 62 KiB palette PNG of 64 megapixels, a TIFF of 2.4 million
    strips, a progressive JPEG, WebP, run-length BMP, plain-text PGM). Flat content keeps every file
    under the upload limit; memory does not depend on content, time somewhat does.
-2. Decodes each with ``serving.uploads.decode`` in a fresh subprocess and records the decode's wall
+2. Decodes each with ``common.images.decode`` in a fresh subprocess and records the decode's wall
    time and its peak RSS increase: VmHWM (reset through /proc/self/clear_refs just before) minus the
    RSS before, so the figure is what the decode adds to a worker; and, from the module, the estimate
    it checked against the cap. With ``--before REF`` the same files are decoded by
-   ``serving/uploads.py`` as of that git revision too.
+   ``common/images.py`` (``serving/uploads.py`` before it moved) as of that git revision too.
 3. Writes ``benchmarks/results/image_cost.json``. Memory is the primary figure: times are wall
    clock on a shared machine.
 """
@@ -45,6 +45,8 @@ from hostile_images import (  # noqa: E402
     tiff_of_one_row_strips,
     transparent_palette,
 )
+
+from common.machine import usable_cpus  # noqa: E402
 
 MIB = 1024 * 1024
 UPLOAD_LIMIT = 10 * MIB  # MAX_UPLOAD_MB's default: a larger file never reaches the decoder
@@ -210,12 +212,12 @@ def commit_of(ref: str) -> str:
 def module_at(ref: str, folder: Path) -> Path:
     path = folder / f"images_{commit_of(ref)}.py"
     # serving/uploads.py was serving/images.py before the rename
-    for name in ("serving/uploads.py", "serving/images.py"):
+    for name in ("common/images.py", "serving/uploads.py", "serving/images.py"):
         shown = subprocess.run(["git", "show", f"{ref}:{name}"], cwd=ROOT, capture_output=True)
         if shown.returncode == 0:
             path.write_bytes(shown.stdout)
             return path
-    raise SystemExit(f"image_cost: {ref} has no serving/uploads.py or serving/images.py")
+    raise SystemExit(f"image_cost: {ref} has no common/images.py, serving/uploads.py or serving/images.py")
     return path
 
 
@@ -228,7 +230,7 @@ def worst_decoded(results: list[dict], key: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-pixels", type=int, default=64_000_000, help="MAX_IMAGE_PIXELS")
-    parser.add_argument("--before", help="also decode with serving/uploads.py at this git revision")
+    parser.add_argument("--before", help="also decode with the decoder of this git revision")
     parser.add_argument("--only", nargs="*", help="case names to run (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "image_cost.json")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
@@ -240,7 +242,7 @@ def main() -> None:
 
     import PIL
 
-    from serving import uploads as images
+    from common import images
     results = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -253,7 +255,7 @@ def main() -> None:
             file.write_bytes(data)
             row = {"name": name, "what": what, "file_bytes": len(data),
                    "over_upload_limit": len(data) > UPLOAD_LIMIT,
-                   "after": run_one(ROOT / "serving" / "uploads.py", file, args.max_pixels)}
+                   "after": run_one(ROOT / "common" / "images.py", file, args.max_pixels)}
             if before:
                 row["before"] = run_one(before, file, args.max_pixels)
             file.unlink()
@@ -264,7 +266,7 @@ def main() -> None:
         "benchmark": "image_cost",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python benchmarks/image_cost.py " + " ".join(sys.argv[1:]),
-        "machine": {"usable_cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+        "machine": {"usable_cpus": usable_cpus(), "platform": platform.platform(),
                     "python": platform.python_version(), "pillow": PIL.__version__,
                     "note": "shared machine (trainings running): times are noisy; memory is the figure"},
         "max_image_pixels": args.max_pixels,

@@ -11,7 +11,7 @@
    otherwise (or with ``--client python``) each client is its own process with a minimal HTTP/1.1
    client.
 3. Stops the service and runs the bare loop: one process per usable core, each decoding, resizing
-   (``serving.uploads.decode``, the service's own preprocessing) and classifying one image per
+   (``common.images.decode``, the service's own preprocessing) and classifying one image per
    ``session.run`` with one onnxruntime thread, with no HTTP at all. Then the served file alone on one
    thread at batch sizes 1, 4, 16 and 64: what batching can save per image on this CPU.
 4. Where the CPU goes, with wrk: each level records the CPU seconds gunicorn's processes (master and
@@ -49,8 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.files import write_json  # noqa: E402  (the checkout's packages, not an installed copy)
+from common.machine import usable_cpus  # noqa: E402
 from common.paths import repo_relative, repo_relative_command  # noqa: E402
-from serving.config import default_intra_op_threads, load_config, process_settings, usable_cpus  # noqa: E402
+from serving.config import default_intra_op_threads, load_config, process_settings  # noqa: E402
 
 # Service settings that change what is measured: a run's command line shows the ones it had set.
 SETTINGS_RECORDED = ("PRECISION", "BATCH_MAX_IMAGES", "BATCH_WAIT_MS", "INTRA_OP_THREADS", "WORKER_CLASS",
@@ -298,8 +299,8 @@ def _bare_worker(model_path: str, images: list[bytes], offset: int, start: float
     import onnxruntime as ort
 
     from common.contract import INPUT_NAME, PROBABILITIES
+    from common.images import decode
     from serving.models import session_options
-    from serving.uploads import decode
 
     session = ort.InferenceSession(model_path, sess_options=session_options(1), providers=["CPUExecutionProvider"])
     for data in images[:8]:  # warm-up
@@ -351,8 +352,8 @@ def one_thread_batch_rates(model_path: Path, images: list[bytes], max_pixels: in
     import onnxruntime as ort
 
     from common.contract import INPUT_NAME, PROBABILITIES
+    from common.images import decode
     from serving.models import session_options
-    from serving.uploads import decode
 
     session = ort.InferenceSession(str(model_path), sess_options=session_options(1),
                                    providers=["CPUExecutionProvider"])

@@ -80,8 +80,8 @@ import serve_load  # noqa: E402  (benchmarks/serve_load.py: its wrk driver and i
 from serve_load import DEFAULT_DATA, HttpClient, free_port, load_images, predict_request, run_level_wrk  # noqa: E402
 
 from common.files import write_json  # noqa: E402
+from common.machine import usable_cpus  # noqa: E402
 from common.paths import repo_relative, repo_relative_command  # noqa: E402
-from serving.config import usable_cpus  # noqa: E402
 
 PEERS = ("service", "service_fp32", "torchserve", "bentoml", "naive")
 START_TIMEOUT_S = 240.0  # a JVM plus Python workers on two busy cores can take a while
@@ -312,8 +312,8 @@ def run_service(record: dict, ctx: dict, args, precision: str | None = None) -> 
                      "intra_op_threads": int(env.get("INTRA_OP_THREADS",
                                                      default_intra_op_threads(settings["workers"]))),
                      "batch_max_images": config["BATCH_MAX_IMAGES"], "batch_wait_ms": config["BATCH_WAIT_MS"],
-                     "handler": "serving/ (onnxruntime; decode with serving.uploads.decode)"}
-    record["preprocessing"] = ("serving.uploads.decode: Pillow decode, shrink to 32x32 RGB uint8; the ONNX graph "
+                     "handler": "serving/ (onnxruntime; decode with common.images.decode)"}
+    record["preprocessing"] = ("common.images.decode: Pillow decode, shrink to 32x32 RGB uint8; the ONNX graph "
                                "scales and normalizes with the checkpoint's mean/std (export/graph.py)")
     record["comparable"] = True
 

@@ -36,12 +36,14 @@ import torch.nn as nn
 from PIL import Image
 
 from common.files import write_json
+from common.machine import bf16_units
 from common.paths import repo_relative_command
 from training.data import DeviceLoader, channel_stats, load_cifar10
-from training.engine import autocast, build_optimizer, build_scheduler
-from training.hardware import cpu_bf16_units, set_threads
+from training.engine import autocast, build_optimizer
+from training.hardware import set_threads
 from training.models import create_model, list_models
 from training.recipes import HALF, RECIPES, Recipe
+from training.schedules import build_schedule
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -107,7 +109,7 @@ def time_training(model_name: str, batches, device: torch.device, steps: int, wa
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(recipe, model)
-    scheduler = build_scheduler(recipe, optimizer, steps_per_epoch=steps + warmup)
+    scheduler = build_schedule(recipe, optimizer, steps_per_epoch=steps + warmup)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     seen, start = 0, None
     it = iter(batches)
@@ -229,7 +231,7 @@ def main_precision(args, device: torch.device, images, labels) -> None:
         "what": "training images/s (forward+backward+optimizer step, on-device pipeline, documented recipe's batch "
                 "and augmentation) in three numeric modes; bf16 = autocast around the forward pass",
         "command": _command(args),
-        "device": _device_name(device), "cpu_bf16_units": cpu_bf16_units() if device.type == "cpu" else None,
+        "device": _device_name(device), "cpu_bf16_units": bf16_units() if device.type == "cpu" else None,
         "torch": str(torch.__version__), "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "results": rows,
     }

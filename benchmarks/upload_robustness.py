@@ -6,7 +6,7 @@
 For the first N test images of the JPEG copy of CIFAR-10 (the order ``training.data.load_cifar10``
 gives: the k-th file of every class by name, classes interleaved, so any N is class balanced), every
 *upload variant* below is made from the image's pixels, and its bytes go through the service's own
-decode path, ``serving.uploads.decode`` (with the service's default MAX_IMAGE_PIXELS and a fresh
+decode path, ``common.images.decode`` (with the service's default MAX_IMAGE_PIXELS and a fresh
 per-request pixel budget, as ``/predict`` calls it). Each served model then classifies the decoded
 32x32 arrays with onnxruntime on one thread, in batches, and the accuracy of each variant is compared
 with the native upload: the archive's original 32x32 JPEG bytes, sent as they are.
@@ -71,10 +71,10 @@ import numpy as np  # noqa: E402
 from PIL import Image, features  # noqa: E402
 
 from common.files import write_text  # noqa: E402
+from common.images import MAX_DECODE_BYTES, ImageError, PixelBudget, decode  # noqa: E402
 from common.paths import repo_relative, repo_relative_command  # noqa: E402
 from common.text import first_line  # noqa: E402
-from serving import uploads  # noqa: E402
-from serving.config import DEFAULTS  # noqa: E402
+from serving.config import Settings  # noqa: E402
 
 PROG = "upload_robustness"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -84,8 +84,8 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 SIZE = 32
 BATCH = 64
 NATIVE = "native"
-MAX_PIXELS = int(DEFAULTS["MAX_IMAGE_PIXELS"])
-MAX_REQUEST_PIXELS = int(DEFAULTS["MAX_REQUEST_PIXELS"])
+MAX_PIXELS = Settings().max_image_pixels
+MAX_REQUEST_PIXELS = Settings().max_request_pixels
 
 FILTERS = {
     "nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
@@ -450,9 +450,9 @@ def make_upload(rgb: Image.Image, v: Variant, native_bytes: bytes) -> bytes:
 
 
 def service_decode(data: bytes) -> np.ndarray:
-    """What ``/predict`` does with one uploaded file: ``serving.uploads.decode`` with the service's default
+    """What ``/predict`` does with one uploaded file: ``common.images.decode`` with the service's default
     limits and a per-request pixel budget."""
-    return uploads.decode(data, MAX_PIXELS, budget=uploads.PixelBudget(MAX_REQUEST_PIXELS))
+    return decode(data, MAX_PIXELS, budget=PixelBudget(MAX_REQUEST_PIXELS))
 
 
 def upright_rgb(native_bytes: bytes) -> Image.Image:
@@ -618,7 +618,7 @@ def decode_variants(selection: Selection, variants: Sequence[Variant], progress=
                                    "size": f"{opened.width}x{opened.height}"}
             try:
                 array = service_decode(upload)
-            except uploads.ImageError as exc:
+            except ImageError as exc:
                 reason = f"{exc.status}: {first_line(exc)}"
                 errors[reason] = errors.get(reason, 0) + 1
                 array = None
@@ -757,6 +757,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="model folder (default weights/)")
     parser.add_argument("--batch", type=int, default=BATCH, help="images per onnxruntime call (default %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default %(default)s)")
+    parser.add_argument("--add", action="store_true",
+                        help="measure only --models and merge them into the existing --out, which must hold the "
+                             "same images and variants (after packaging a new model)")
     parser.add_argument("--list-variants", action="store_true", help="print the variant names and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
@@ -766,7 +769,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
     if args.variants == []:
         raise UsageError("--variants: give at least one pattern")
+    if args.add and not args.models:
+        raise UsageError("--add needs --models: the models to measure and merge")
     return args
+
+
+def previous_results(path: Path, images: int, variants: dict) -> dict:
+    """The results file ``--add`` merges into; refused unless it measured the same images and variants."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--add: cannot read {repo_relative(path)}: {first_line(exc)}") from None
+    if previous.get("images") != images or set(previous.get("variants") or {}) != set(variants):
+        raise UsageError(f"--add: {repo_relative(path)} measured other images or variants "
+                         f"({previous.get('images')} images, {len(previous.get('variants') or {})} variants): "
+                         "rerun every model instead")
+    return previous
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
@@ -789,23 +807,32 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     say(f"{len(images)} distinct decoded images ({len(variants) * len(selection.names)} uploads) "
         f"in {decode_seconds:.0f} s")
 
-    results, timings = {}, {}
+    command = repo_relative_command(" ".join(["python", f"benchmarks/{PROG}.py", *argv]))
+    previous = previous_results(args.out, len(selection.names), decoded.info) if args.add else {}
+    rerun = {m.name for m in models}
+    # --add keeps every other model's results as measured; the order: the earlier ones, then these.
+    results = {name: r for name, r in (previous.get("models") or {}).items() if name not in rerun}
+    timings = {name: t for name, t in (previous.get("timings_s") or {}).get("inference_per_model", {}).items()
+               if name not in rerun}
+    order = [*results, *(m.name for m in models)]
+    added = [*previous.get("added", []), {"command": command, "models": sorted(rerun)}] if args.add else []
 
     def assemble() -> dict:
-        done = {m.name: results[m.name] for m in models if m.name in results}  # in the requested order
+        done = {name: results[name] for name in order if name in results}
         return {
             "benchmark": PROG,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": repo_relative_command(" ".join(["python", f"benchmarks/{PROG}.py", *argv])),
-            "complete": len(done) == len(models),
-            "models_pending": [m.name for m in models if m.name not in results],
+            "command": previous.get("command", command),
+            **({"added": added} if added else {}),
+            "complete": len(done) == len(order),
+            "models_pending": [name for name in order if name not in results],
             "dataset": "CIFAR-10, JPEG-q75 copy (test split)",
             "images": len(selection.names),
             "selection": selection.describe(args.data),
-            "decode_path": {"function": "serving.uploads.decode", "max_pixels": MAX_PIXELS,
-                            "budget": f"serving.uploads.PixelBudget({MAX_REQUEST_PIXELS}) per upload "
+            "decode_path": {"function": "common.images.decode", "max_pixels": MAX_PIXELS,
+                            "budget": f"common.images.PixelBudget({MAX_REQUEST_PIXELS}) per upload "
                                       "(MAX_REQUEST_PIXELS)",
-                            "max_decode_bytes": uploads.MAX_DECODE_BYTES},
+                            "max_decode_bytes": MAX_DECODE_BYTES},
             "inference": {"runtime": "onnxruntime CPUExecutionProvider via serving.models.load_model",
                           "intra_op_threads": 1, "batch": args.batch,
                           "served_file": "NAME.int8.onnx where the manifest's int8 'served' is true, else NAME.onnx",

@@ -61,6 +61,21 @@ INT8_SUFFIX = ".int8"
 INT8_MAX_DROP_POINTS = 0.3
 
 
+# How every speed figure of the manifest is measured, by export.package and export.quantize alike: the first
+# THROUGHPUT_IMAGES test images (cycled where there are fewer), batched in THROUGHPUT_BATCH on every core, or
+# one image per call on one onnxruntime thread (how the service answers a lone request).
+THROUGHPUT_IMAGES = 2048
+THROUGHPUT_BATCH = 64
+
+
+# The default model (what most users ever see), chosen by export.package: the most accurate served file that
+# answers at least DEFAULT_MIN_SINGLE_IMAGES_PER_S lone requests a second on one onnxruntime thread and whose
+# worst content-preserving upload variant (benchmarks/upload_robustness.py) loses at most
+# DEFAULT_MAX_UPLOAD_DROP_POINTS against the native upload.
+DEFAULT_MIN_SINGLE_IMAGES_PER_S = 1000.0
+DEFAULT_MAX_UPLOAD_DROP_POINTS = 1.0
+
+
 def int8_preferred(quantization: object) -> bool:
     """Whether an int8 file's ``quantization`` figures (decoded JSON) earn it the model's own name."""
     if not isinstance(quantization, dict):

@@ -34,13 +34,14 @@ from pathlib import Path
 import onnx
 import torch
 
+import training.tta
 from common.contract import INT8_MAX_DROP_POINTS, NO_TTA
 from common.files import write_bytes, write_json
 from export import ExportError, ParityError
 from export.graph import DEFAULT_OPSET, check_graph, export_graph
 from export.metadata import build_metadata, set_metadata
 from export.parity import MAX_PROB_DIFF, MIN_TOP1_AGREEMENT, measure_parity, summary
-from export.sample_images import first_test_images, load_data, random_images
+from export.sample_images import Data, first_test_images, load_data, random_images
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, recipe_tta
 from training.data import DataError
 from training.tta import TTA_MODES, with_tta
@@ -70,7 +71,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike | None = None, *,
                       opset: int | None = None, parity_images: int | None = None,
-                      data: str | os.PathLike | None = None, max_prob_diff: float = MAX_PROB_DIFF,
+                      data: Data = None, max_prob_diff: float = MAX_PROB_DIFF,
                       min_top1_agreement: float = MIN_TOP1_AGREEMENT, int8: bool = False,
                       int8_max_drop: float = INT8_MAX_DROP_POINTS, calibration_images: int = 512,
                       triton_repo: str | os.PathLike | None = None, triton_max_batch: int = 256,
@@ -78,7 +79,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     """Export ``ckpt_path`` to ``out_path`` (default ``weights/<arch>.onnx``); return the parity report.
 
     ``parity_images``: how many test images (default all) or, without data, random images (default
-    1000) to compare on. ``data``: CIFAR-10 source, default ``$CIFAR10_DATA``. ``int8``: also write a
+    1000) to compare on. ``data``: CIFAR-10 (loaded, or its source), default ``$CIFAR10_DATA``. ``int8``: also write a
     statically quantized ``NAME.int8.onnx``, kept if its accuracy drop is at most ``int8_max_drop``
     points. ``triton_repo``: also write a Triton model repository there. ``tta``: test-time
     augmentation mode put into the graph (``training.tta.TTA_MODES``); None: the checkpoint recipe's
@@ -110,7 +111,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     check_graph(proto)
     measured = proto.SerializeToString()
     parity = measure_parity(model, ckpt["mean"], ckpt["std"], measured, images, labels, source=source,
-                            max_prob_diff=max_prob_diff, min_top1_agreement=min_top1_agreement)
+                            max_prob_diff=max_prob_diff, min_top1_agreement=min_top1_agreement,
+                            classes=None if cifar is None else cifar.classes)
     report = {"arch": ckpt["arch"], "checkpoint": str(ckpt_path), "model": str(out_path),
               "source_checkpoint_sha256": file_sha256(ckpt_path), "opset": opset,
               **({"tta": tta} if tta != NO_TTA else {}), **parity}
@@ -136,7 +138,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
         from export.quantize import quantize_model
 
         report["int8"] = quantize_model(out_path, cifar, calibration_images=calibration_images,
-                                        test_images=parity_images, max_drop=int8_max_drop, log=log)
+                                        test_images=parity_images, max_drop=int8_max_drop, log=log,
+                                        fp32_accuracy=parity["cases"]["images"]["accuracy_onnxruntime"])
     if triton_repo:
         from export.triton import write_triton_repository
 
@@ -148,9 +151,10 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
 
 
 def check_tta(mode: str) -> str:
-    if mode not in TTA_MODES:
-        raise ExportError(f"--tta must be one of {', '.join(TTA_MODES)}, not {mode!r}")
-    return mode
+    try:
+        return training.tta.check_tta(mode, "--tta")
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

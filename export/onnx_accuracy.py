@@ -23,8 +23,8 @@ from common.contract import INPUT_NAME, INPUT_ORT_TYPE, LOGITS, NO_TTA, Metadata
 from common.files import write_json
 from common.paths import repo_relative
 from common.text import first_line
-from export.sample_images import first_test_images
-from training.data import DataError, load_cifar10
+from export.sample_images import Data, first_test_images, require_data
+from training.data import DataError
 
 BATCH_SIZE = 256
 
@@ -56,14 +56,14 @@ def accuracy_report(predictions: np.ndarray, labels: np.ndarray, classes) -> dic
             "per_class_accuracy": per_class}
 
 
-def measure_onnx_accuracy(path: str | os.PathLike, data: str | os.PathLike | None, limit: int | None = None) -> dict:
+def measure_onnx_accuracy(path: str | os.PathLike, data: Data, limit: int | None = None) -> dict:
     """Accuracy of the model file ``path`` on the first ``limit`` test images (all when None)."""
     session = open_session(path)
     inputs = session.get_inputs()
     if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].type != INPUT_ORT_TYPE:
         raise EvaluationError(f"{path} is not an exported classifier (expected one uint8 input '{INPUT_NAME}')")
     meta = session.get_modelmeta().custom_metadata_map
-    cifar = load_cifar10(data)
+    cifar = require_data(data)
     classes = json.loads(meta[MetadataKey.CLASSES]) if MetadataKey.CLASSES in meta else list(cifar.classes)
     if list(classes) != list(cifar.classes):
         raise EvaluationError(f"{path} was exported for classes {classes}, the data has {list(cifar.classes)}")

@@ -16,8 +16,9 @@ invocation cannot share a NAME. For each run:
 2. ``weights/<NAME>.onnx``: exported from that file with ``export.onnx`` (parity on all test images),
    with test-time augmentation inside the graph if ``--tta`` (all runs given) or the run's recipe
    (its ``tta`` key) asks for it, else none;
-3. test accuracy and per-class accuracy of the ONNX file on the whole test split, and its CPU
-   throughput with onnxruntime;
+3. test accuracy and per-class accuracy of the ONNX file on the whole test split (measured once, by the
+   parity check of step 2, and handed on to step 4), and its CPU throughput with onnxruntime, measured as
+   every speed figure is (``common.contract.THROUGHPUT_IMAGES``); the data set is read once per run;
 4. ``weights/<NAME>.int8.onnx``: its static int8 copy (``export.quantize``), kept only where the service
    would serve it (``common.contract.int8_preferred``: at most 0.3 points lost on all test images, faster
    one image at a time); its figures go in the entry's ``int8`` either way. ``--requantize NAME...``
@@ -33,8 +34,11 @@ on these figures, so they should all come from one quiet machine, not from packa
 trainings shared the cores.
 
 Paths in the manifest (the run's command, its evidence folder) are relative to the repository.
-The manifest's ``default_model`` (what the service loads by default) is the most accurate model
-whose CPU throughput is at least ``--min-default-images-per-s``, unless ``--default`` names one.
+The manifest's ``default_model`` (what the service loads by default) is chosen by ``choose_default`` on
+the figures of each model's served file, unless ``--default`` names one: the most accurate that answers at
+least ``--min-default-images-per-s`` single images/s on one thread and whose worst upload variant in
+``--robustness`` (benchmarks/upload_robustness.py's results, taken only for the very file served) loses at
+most ``--max-upload-drop`` points; thresholds from ``common.contract``. ``default_rule`` says which rule held.
 """
 
 from __future__ import annotations
@@ -53,13 +57,20 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from common.contract import INT8_MAX_DROP_POINTS, int8_preferred
+from common.contract import (
+    DEFAULT_MAX_UPLOAD_DROP_POINTS,
+    DEFAULT_MIN_SINGLE_IMAGES_PER_S,
+    NO_TTA,
+    THROUGHPUT_BATCH,
+    int8_preferred,
+)
 from common.files import write_json
-from common.paths import repo_relative, repo_relative_command
+from common.paths import REPO_ROOT, repo_relative, repo_relative_command
 from export import ExportError
 from export.onnx import check_tta, export_checkpoint, file_sha256
-from export.onnx_accuracy import EvaluationError, measure_onnx_accuracy
+from export.onnx_accuracy import EvaluationError
 from export.quantize import images_per_second, int8_path, quantize_model, single_image_rate
+from export.sample_images import timing_images
 from training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -69,15 +80,14 @@ from training.checkpoint import (
     model_from_checkpoint,
     without_training_state,
 )
-from training.data import DataError, load_cifar10
+from training.data import Cifar10, DataError, load_cifar10
 from training.models import count_parameters
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-DATASET = "CIFAR-10, JPEG-q75 copy (../shared/data/cifar10-jpeg.tar.gz), 10,000 test images"
 MANIFEST = "MANIFEST.json"
+ROBUSTNESS_RESULTS = REPO_ROOT / "benchmarks" / "results" / "upload_robustness.json"
 MAX_FILE_BYTES = 16 * 2**20
 PRETRAINED_LABEL = "ImageNet-1k pretrained (external data)"
-THROUGHPUT_IMAGES = 2048
 # log.txt exists when the run's output was redirected into its folder (the README's background runs).
 RUN_EVIDENCE = ("metrics.jsonl", "log.txt", "loss.png", "accuracy.png", "lr.png", "confusion.png")
 
@@ -152,9 +162,13 @@ def copy_run_evidence(run_dir: Path, docs: Path) -> str:
     return repo_relative(docs)
 
 
-def package_run(run: str | os.PathLike, name: str, stage: StagedWeights, data: str | None,
+def package_run(run: str | os.PathLike, name: str, stage: StagedWeights, cifar: Cifar10,
                 command: str | None = None, docs: Path | None = None, tta: str | None = None) -> dict:
-    """Stage ``run`` as ``<name>.pt`` and ``.onnx`` (and its int8 copy); return its manifest entry."""
+    """Stage ``run`` as ``<name>.pt`` and ``.onnx`` (and its int8 copy); return its manifest entry.
+
+    The fp32 file's test accuracy is measured once, by the parity check on every test image (the file
+    written is the graph measured there), and handed on to the int8 comparison.
+    """
     source = checkpoint_of(run)
     ckpt = load_checkpoint(source)
     # best.pt stops at the selected epoch; the run's last.pt knows how far training went.
@@ -162,13 +176,13 @@ def package_run(run: str | os.PathLike, name: str, stage: StagedWeights, data: s
     last = load_checkpoint(last_path) if last_path.exists() and last_path != source else ckpt
     pt_path, onnx_path = stage.dir / f"{name}.pt", stage.dir / f"{name}.onnx"
     atomic_save(without_training_state(ckpt), pt_path)
-    parity = export_checkpoint(pt_path, onnx_path, data=data, tta=tta)
-    evaluation = measure_onnx_accuracy(onnx_path, data)
+    parity = export_checkpoint(pt_path, onnx_path, data=cifar, tta=tta)
     for path in (pt_path, onnx_path):
         if path.stat().st_size >= MAX_FILE_BYTES:
             raise ExportError(f"{path} is {path.stat().st_size / 2**20:.1f} MiB, over the 16 MiB limit")
+    measured = parity["cases"]["images"]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    timing = timing_images(data)
+    timing = timing_images(cifar)
     metrics = last.get("metrics", [])
     run_args = RunArgs.of(ckpt)
     run_command = run_args.command or command or ""
@@ -179,9 +193,9 @@ def package_run(run: str | os.PathLike, name: str, stage: StagedWeights, data: s
         "parity": {k: parity[k] for k in ("source", "images", "max_abs_diff_logits", "max_abs_diff_probabilities",
                                           "top1_agreement", "passed")},
         "parameters": count_parameters(model_from_checkpoint(ckpt)),
-        "test_accuracy": round(evaluation["accuracy"], 4), "tta": evaluation["tta"],
-        "per_class_accuracy": {k: round(v, 4) for k, v in evaluation["per_class_accuracy"].items()},
-        "test_images": evaluation["images"], "dataset": DATASET,
+        "test_accuracy": round(measured["accuracy_onnxruntime"], 4), "tta": parity.get("tta", NO_TTA),
+        "per_class_accuracy": {k: round(v, 4) for k, v in measured["per_class_accuracy_onnxruntime"].items()},
+        "test_images": parity["images"], "dataset": repo_relative(cifar.source),
         "epochs": last["epoch"], "epochs_planned": last.get("epochs"),
         "complete": last["epoch"] == last.get("epochs"),
         "selected_on": ckpt.get("selected_on"), "selected_epoch": ckpt["epoch"],
@@ -196,16 +210,16 @@ def package_run(run: str | os.PathLike, name: str, stage: StagedWeights, data: s
         "threads": run_args.threads,  # None: a run from before --threads, on every CPU thread
         "train_seconds": round(sum(m.get("epoch_seconds", 0.0) for m in metrics), 1),
         "cpu_images_per_s": round(images_per_second(session, timing), 1),
-        "cpu_throughput_note": f"onnxruntime CPUExecutionProvider, batches of 64, {os.cpu_count()} cores, "
-                               f"onnxruntime {ort.__version__}",
+        "cpu_throughput_note": f"onnxruntime CPUExecutionProvider, batches of {THROUGHPUT_BATCH}, "
+                               f"{os.cpu_count()} cores, onnxruntime {ort.__version__}",
         "date": datetime.now(UTC).date().isoformat(),
-        "int8": package_int8(onnx_path, data, stage),
+        "int8": package_int8(onnx_path, cifar, stage, fp32_accuracy=measured["accuracy_onnxruntime"]),
     }
 
 
-def package_int8(onnx_path: Path, data: str | None, stage: StagedWeights) -> dict:
+def package_int8(onnx_path: Path, cifar: Cifar10, stage: StagedWeights, fp32_accuracy: float | None = None) -> dict:
     """Quantize the staged ``onnx_path``; keep ``NAME.int8.onnx`` only if the service would serve it. Its figures."""
-    figures = quantize_model(onnx_path, load_cifar10(data), max_drop=INT8_MAX_DROP_POINTS)
+    figures = quantize_model(onnx_path, cifar, fp32_accuracy=fp32_accuracy)
     int8_file = int8_path(onnx_path)
     served = figures["kept"] and int8_preferred(figures)
     if not served:
@@ -225,25 +239,21 @@ def package_int8(onnx_path: Path, data: str | None, stage: StagedWeights) -> dic
     }
 
 
-def timing_images(data: str | None) -> np.ndarray:
-    """The THROUGHPUT_IMAGES test images every speed figure of the manifest is measured on."""
-    test_images = load_cifar10(data).test_images
-    return test_images[np.arange(THROUGHPUT_IMAGES) % len(test_images)]
-
-
 def remeasure_speed(entry: dict, weights: Path, timing: np.ndarray) -> None:
-    """Measure ``entry``'s files again (in place): batched images/s of the ONNX file and, where an int8 copy
-    is shipped, its batched and one-image rates against the fp32 file's one-image rate."""
+    """Measure ``entry``'s files again (in place): batched images/s of the ONNX file, its one-image rate and,
+    where an int8 copy is shipped, that copy's batched and one-image rates."""
     onnx_path = weights / entry["onnx"]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     entry["cpu_images_per_s"] = round(images_per_second(session, timing), 1)
     entry["cpu_measured"] = datetime.now(UTC).date().isoformat()
     int8 = entry.get("int8")
-    if isinstance(int8, dict) and int8.get("onnx") and (weights / int8["onnx"]).is_file():
+    if not isinstance(int8, dict):
+        return
+    int8["fp32_single_images_per_s"] = round(single_image_rate(onnx_path, timing), 1)
+    if int8.get("onnx") and (weights / int8["onnx"]).is_file():
         int8_file = weights / int8["onnx"]
         int8["cpu_images_per_s"] = round(images_per_second(
             ort.InferenceSession(str(int8_file), providers=["CPUExecutionProvider"]), timing), 1)
-        int8["fp32_single_images_per_s"] = round(single_image_rate(onnx_path, timing), 1)
         int8["single_images_per_s"] = round(single_image_rate(int8_file, timing), 1)
         int8["single_image_speedup"] = round(int8["single_images_per_s"] / int8["fp32_single_images_per_s"], 3)
 
@@ -263,11 +273,48 @@ def served_figures(entry: dict) -> dict:
     return int8 if isinstance(int8, dict) and int8.get("served") else entry
 
 
-def choose_default(models: dict, min_images_per_s: float) -> str:
-    served = {name: served_figures(m) for name, m in models.items()}
-    fast = {name: m for name, m in served.items() if m["cpu_images_per_s"] >= min_images_per_s}
-    pool = fast or served
-    return max(pool, key=lambda name: pool[name]["test_accuracy"])
+def served_sha256(entry: dict) -> str | None:
+    return served_figures(entry).get("onnx_sha256")
+
+
+def single_images_per_s(entry: dict) -> float | None:
+    """Lone requests a second on one thread, of the file served under the entry's name (export.quantize
+    times the fp32 file too, so an fp32-served model has the figure in its ``int8`` block)."""
+    int8 = entry.get("int8")
+    if not isinstance(int8, dict):
+        return None
+    return int8.get("single_images_per_s") if int8.get("served") else int8.get("fp32_single_images_per_s")
+
+
+def upload_robustness(results: dict, name: str, entry: dict) -> dict | None:
+    """The robustness benchmark's summary for the served file of ``name``, if it measured that very file."""
+    measured = (results.get("models") or {}).get(name)
+    if not isinstance(measured, dict) or measured.get("sha256") != served_sha256(entry):
+        return None  # not measured, or measured on another file than the one served now
+    worst = measured["worst_variant"]
+    return {"native_accuracy": measured["native_accuracy"], "worst_variant": worst["name"],
+            "worst_drop_points": worst["drop_points"], "mean_drop_points": measured["mean_drop_points"],
+            "images": results.get("images"), "measured": str(results.get("date", ""))[:10],
+            "results": repo_relative(ROBUSTNESS_RESULTS)}
+
+
+def choose_default(models: dict, min_single_images_per_s: float = DEFAULT_MIN_SINGLE_IMAGES_PER_S,
+                   max_upload_drop_points: float = DEFAULT_MAX_UPLOAD_DROP_POINTS) -> tuple[str, str]:
+    """(the default model, the rule that chose it): the most accurate served file that is fast enough one image
+    at a time and robust to re-encoded and resized uploads; where none is both, the most accurate fast one."""
+    fast = {name: m for name, m in models.items() if (single_images_per_s(m) or 0) >= min_single_images_per_s}
+    robust = {name: m for name, m in fast.items() if isinstance(m.get("upload_robustness"), dict)
+              and m["upload_robustness"]["worst_drop_points"] <= max_upload_drop_points}
+    speed = f">= {min_single_images_per_s:g} single images/s on one thread"
+    if robust:
+        pool, rule = robust, (f"most accurate model with {speed} and every upload variant within "
+                              f"{max_upload_drop_points:g} point(s) of native")
+    elif fast:
+        pool, rule = fast, (f"most accurate model with {speed}; none had every upload variant within "
+                            f"{max_upload_drop_points:g} point(s) of native")
+    else:
+        pool, rule = models, f"most accurate model: none had {speed}"
+    return max(pool, key=lambda name: served_figures(pool[name])["test_accuracy"]), rule
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--command", help="the training command, for checkpoints that do not record it")
     p.add_argument("--docs", default="docs/runs", help="where each run's metrics and plots are copied")
     p.add_argument("--default", help="the default model (else chosen by accuracy among the fast ones)")
-    p.add_argument("--min-default-images-per-s", type=float, default=1000.0)
+    p.add_argument("--min-default-images-per-s", type=float, default=DEFAULT_MIN_SINGLE_IMAGES_PER_S,
+                   help="the default must answer this many single images/s on one thread (default: %(default)s)")
+    p.add_argument("--max-upload-drop", type=float, default=DEFAULT_MAX_UPLOAD_DROP_POINTS,
+                   help="... and lose at most this many points on any upload variant (default: %(default)s)")
+    p.add_argument("--robustness", default=str(ROBUSTNESS_RESULTS),
+                   help="benchmarks/upload_robustness.py's results, read for each served file it measured")
     p.add_argument("--tta", metavar="{none,flip,flip_translate}",
                    help="test-time augmentation inside every exported graph (default: each run's recipe 'tta', "
                         "else none)")
@@ -315,8 +367,14 @@ def package(args: argparse.Namespace, manifest: dict, stage: StagedWeights) -> i
     try:
         if args.tta is not None:
             check_tta(args.tta)
-        for run, name in named_runs(args.runs):
-            entry = package_run(run, name, stage, args.data, args.command, Path(args.docs), args.tta)
+        runs = named_runs(args.runs)
+        remeasure = sorted(manifest["models"]) if args.remeasure == ["all"] else args.remeasure
+        for name in remeasure:
+            if name not in manifest["models"] or not (weights / manifest["models"][name]["onnx"]).is_file():
+                raise ExportError(f"--remeasure {name}: no such packaged model in {weights}")
+        cifar = load_cifar10(args.data)  # read once: every figure of this run comes from these images
+        for run, name in runs:
+            entry = package_run(run, name, stage, cifar, args.command, Path(args.docs), args.tta)
             manifest["models"][name] = entry
             shown = name if name == entry["arch"] else f"{name} ({entry['arch']})"
             print(f"{shown}: test accuracy {100 * entry['test_accuracy']:.2f}% after {entry['epochs']} epochs "
@@ -328,15 +386,11 @@ def package(args: argparse.Namespace, manifest: dict, stage: StagedWeights) -> i
             if name not in manifest["models"] or not (weights / f"{name}.onnx").is_file():
                 raise ExportError(f"--requantize {name}: no such packaged model in {weights}")
             shutil.copy2(weights / f"{name}.onnx", stage.dir / f"{name}.onnx")  # its int8 copy is made beside it
-            figures = manifest["models"][name]["int8"] = package_int8(stage.dir / f"{name}.onnx", args.data, stage)
+            figures = manifest["models"][name]["int8"] = package_int8(stage.dir / f"{name}.onnx", cifar, stage)
             print(f"{name}: int8 {'served' if figures['served'] else 'not served'} "
                   f"({figures['accuracy_drop_points']:+.2f} points lost, x{figures['single_image_speedup']} "
                   f"one image at a time)", flush=True)
-        remeasure = sorted(manifest["models"]) if args.remeasure == ["all"] else args.remeasure
-        for name in remeasure:
-            if name not in manifest["models"] or not (weights / manifest["models"][name]["onnx"]).is_file():
-                raise ExportError(f"--remeasure {name}: no such packaged model in {weights}")
-        timing = timing_images(args.data) if remeasure else None
+        timing = timing_images(cifar)
         for name in remeasure:
             entry = manifest["models"][name]
             remeasure_speed(entry, weights, timing)
@@ -349,9 +403,12 @@ def package(args: argparse.Namespace, manifest: dict, stage: StagedWeights) -> i
     if args.default and args.default not in manifest["models"]:
         print(f"error: --default {args.default} is not among the packaged models", file=sys.stderr)
         return 2
-    manifest["default_model"] = args.default or choose_default(manifest["models"], args.min_default_images_per_s)
-    manifest["default_rule"] = ("named with --default" if args.default else
-                                f"most accurate model with >= {args.min_default_images_per_s:g} CPU images/s")
+    robustness = json.loads(Path(args.robustness).read_text()) if Path(args.robustness).is_file() else {}
+    for name, entry in manifest["models"].items():
+        entry["upload_robustness"] = upload_robustness(robustness, name, entry)
+    chosen, rule = choose_default(manifest["models"], args.min_default_images_per_s, args.max_upload_drop)
+    manifest["default_model"], manifest["default_rule"] = (args.default, "named with --default") if args.default \
+        else (chosen, rule)
     manifest["torch_used_for_packaging"] = str(torch.__version__)
     write_json(stage.dir / MANIFEST, manifest)
     return 0

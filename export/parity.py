@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +24,7 @@ import torch.nn as nn
 from common.contract import INPUT_NAME, OUTPUTS
 from common.text import first_line
 from export import ExportError
+from export.onnx_accuracy import accuracy_report
 from training.data import DeviceLoader
 
 MAX_PROB_DIFF = 1e-5
@@ -74,11 +76,12 @@ def compare(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarra
 
 def measure_parity(model: nn.Module, mean, std, onnx_model: bytes | str | os.PathLike, images: np.ndarray,
                    labels: np.ndarray | None = None, *, source: str, max_prob_diff: float = MAX_PROB_DIFF,
-                   min_top1_agreement: float = MIN_TOP1_AGREEMENT) -> dict:
+                   min_top1_agreement: float = MIN_TOP1_AGREEMENT, classes: Sequence[str] | None = None) -> dict:
     """Run both runtimes on ``images`` and the edge inputs; the report says whether parity holds.
 
     ``source`` names where ``images`` come from ("cifar10-test" or "random"); with ``labels`` the
-    report also has both runtimes' accuracy on them.
+    report also has both runtimes' accuracy on them, and with ``classes`` onnxruntime's per class: the
+    exported file's test accuracy, measured here once (``export.package`` records it from this report).
     """
     start = time.perf_counter()
     model.eval()
@@ -97,6 +100,9 @@ def measure_parity(model: nn.Module, mean, std, onnx_model: bytes | str | os.Pat
         if name == "images" and labels is not None:
             figures[name]["accuracy_torch"] = float((reference[0].argmax(1) == labels).mean())
             figures[name]["accuracy_onnxruntime"] = float((candidate[0].argmax(1) == labels).mean())
+            if classes is not None:
+                figures[name]["per_class_accuracy_onnxruntime"] = accuracy_report(
+                    candidate[0].argmax(1), labels, classes)["per_class_accuracy"]
     total = sum(f["images"] for f in figures.values())
     disagreements = sum(f["top1_disagreements"] for f in figures.values())
     report = {

@@ -26,18 +26,16 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from common.contract import INPUT_NAME, LOGITS, MetadataKey
+from common.contract import INPUT_NAME, INT8_MAX_DROP_POINTS, LOGITS, THROUGHPUT_BATCH, MetadataKey
 from common.files import temp_path, write_bytes
 from export import ExportError
 from export.metadata import set_metadata
 from export.onnx_accuracy import predict
 from export.sample_images import calibration_images as draw_calibration_images
-from export.sample_images import first_test_images
+from export.sample_images import first_test_images, timing_images
 from training.data import Cifar10
 
 CALIBRATION_BATCH = 64
-THROUGHPUT_BATCH = 64
-THROUGHPUT_IMAGES = 512
 
 
 class ImageReader(CalibrationDataReader):
@@ -96,12 +94,13 @@ def single_image_rate(path: str | os.PathLike, images: np.ndarray, seconds: floa
 
 
 def quantize_model(fp32_path: str | os.PathLike, cifar: Cifar10, *, calibration_images: int = 512,
-                   test_images: int | None = None, max_drop: float = 0.5,
-                   log: Callable[[str], None] = print) -> dict:
+                   test_images: int | None = None, max_drop: float = INT8_MAX_DROP_POINTS,
+                   fp32_accuracy: float | None = None, log: Callable[[str], None] = print) -> dict:
     """Write ``NAME.int8.onnx`` beside ``fp32_path`` if it loses at most ``max_drop`` accuracy points.
 
     Returns the figures: both accuracies on the first ``test_images`` test images (all if None),
-    images/second of both on the CPU and their ratio, and whether the file was kept.
+    images/second of both on the CPU and their ratio, and whether the file was kept. ``fp32_accuracy``:
+    the fp32 file's accuracy on those images where the caller has measured it already.
     """
     if calibration_images < 1:
         raise ExportError("--calibration-images must be at least 1")
@@ -112,8 +111,10 @@ def quantize_model(fp32_path: str | os.PathLike, cifar: Cifar10, *, calibration_
         images, labels = first_test_images(cifar, test_images)
         sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                     for name, path in (("fp32", fp32_path), ("int8", tmp))}
-        accuracy = {name: float((predict(s, images) == labels).mean()) for name, s in sessions.items()}
-        timing = images[np.arange(THROUGHPUT_IMAGES) % len(images)]
+        accuracy = {name: float((predict(s, images) == labels).mean()) for name, s in sessions.items()
+                    if name == "int8" or fp32_accuracy is None}
+        accuracy.setdefault("fp32", fp32_accuracy)
+        timing = timing_images(cifar)
         speed = {name: images_per_second(s, timing) for name, s in sessions.items()}
         single = {name: single_image_rate(path, timing) for name, path in (("fp32", fp32_path), ("int8", tmp))}
         drop_points = 100 * (accuracy["fp32"] - accuracy["int8"])

@@ -11,25 +11,40 @@ import os
 
 import numpy as np
 
-from common.contract import IMAGE_SHAPE
+from common.contract import IMAGE_SHAPE, THROUGHPUT_IMAGES
 from training.data import Cifar10, load_cifar10
 
+Data = Cifar10 | str | os.PathLike | None  # a data set already loaded, or where to load it from
 
-def load_data(data: str | os.PathLike | None) -> Cifar10 | None:
-    """CIFAR-10 from ``data`` or ``$CIFAR10_DATA``; None when neither is given.
+
+def load_data(data: Data) -> Cifar10 | None:
+    """CIFAR-10 from ``data`` (passed through when already loaded) or ``$CIFAR10_DATA``; None when neither
+    is given.
 
     A path that is given but unreadable raises ``training.data.DataError``: a user who named data
     wants to hear it is broken, not get a weaker random-input check.
     """
+    if isinstance(data, Cifar10):
+        return data
     if not data and not os.environ.get("CIFAR10_DATA"):
         return None
     return load_cifar10(data)
+
+
+def require_data(data: Data) -> Cifar10:
+    """As ``load_data``, but no data at all is a ``DataError`` too."""
+    return data if isinstance(data, Cifar10) else load_cifar10(data)
 
 
 def first_test_images(cifar: Cifar10, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The first ``limit`` test images (all when None) and their labels."""
     n = len(cifar.test_labels) if limit is None else min(limit, len(cifar.test_labels))
     return cifar.test_images[:n], cifar.test_labels[:n]
+
+
+def timing_images(cifar: Cifar10) -> np.ndarray:
+    """The images every speed figure is measured on (``common.contract.THROUGHPUT_IMAGES`` of them)."""
+    return cifar.test_images[np.arange(THROUGHPUT_IMAGES) % len(cifar.test_images)]
 
 
 def random_images(n: int, seed: int = 0) -> np.ndarray:

@@ -3,7 +3,7 @@
 An adapter: it turns a multipart form or a raw image body into uploads and the answer into JSON;
 decoding, inference and top-k are serving/inference.py's, shared with the v2 protocol. With
 ``include_input=true`` each answer also carries ``input_png``: the 32x32 RGB array the model was given
-(serving/uploads.py's decode of the upload), as a lossless PNG; the web page shows it beside the bars.
+(common/images.py's decode of the upload), as a lossless PNG; the web page shows it beside the bars.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import NamedTuple
 
 from flask import Blueprint, current_app, jsonify, request
 
-from serving import inference, lifecycle, multipart, uploads
+from common.images import to_png
+from serving import inference, lifecycle, multipart
 from serving.errors import ApiError
 from serving.request_body import read_body
 
@@ -43,7 +44,7 @@ def parse_flag(name: str, raw: str | None) -> bool:
 
 def input_png(image) -> str:
     """The 32x32 RGB array the model was given, as base64 PNG: lossless, so exactly the service's decode."""
-    return base64.b64encode(uploads.to_png(image)).decode("ascii")
+    return base64.b64encode(to_png(image)).decode("ascii")
 
 
 def parse_topk(raw: str | None, classes: int) -> int:

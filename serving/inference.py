@@ -17,7 +17,8 @@ import numpy as np
 from flask import current_app
 
 from common.contract import PROBABILITIES
-from serving import metrics, uploads
+from common.images import ImageError, PixelBudget, decode
+from serving import metrics
 from serving.batching import Batcher
 from serving.errors import ApiError
 from serving.models import LoadedModel, ModelRegistry, UnknownModelError
@@ -38,12 +39,12 @@ def resolve_model(name: str | None) -> LoadedModel:
 _REJECTION_REASONS = {413: "too_large", 415: "unsupported_format"}
 
 
-def decode_upload(data: bytes, what: str, budget: uploads.PixelBudget | None = None) -> np.ndarray:
+def decode_upload(data: bytes, what: str, budget: PixelBudget | None = None) -> np.ndarray:
     """One upload as uint8 [32, 32, 3]; 400/413/415 naming ``what`` when it cannot be classified."""
     start = time.perf_counter()
     try:
-        array = uploads.decode(data, current_app.config["MAX_IMAGE_PIXELS"], budget=budget)
-    except uploads.ImageError as exc:
+        array = decode(data, current_app.config["MAX_IMAGE_PIXELS"], budget=budget)
+    except ImageError as exc:
         metrics.IMAGE_ERRORS.labels(_REJECTION_REASONS.get(exc.status, "undecodable")).inc()
         raise ApiError(exc.status, f"{what}: {exc}") from None
     metrics.DECODE_LATENCY.observe(time.perf_counter() - start)
@@ -52,7 +53,7 @@ def decode_upload(data: bytes, what: str, budget: uploads.PixelBudget | None = N
 
 def preprocess(files: list[tuple[str, bytes]]) -> np.ndarray:
     """[(description, bytes)] -> uint8 [n, 32, 32, 3], in order, within MAX_REQUEST_PIXELS decoded pixels in all."""
-    budget = uploads.PixelBudget(current_app.config["MAX_REQUEST_PIXELS"])
+    budget = PixelBudget(current_app.config["MAX_REQUEST_PIXELS"])
     return np.stack([decode_upload(data, what, budget) for what, data in files])
 
 

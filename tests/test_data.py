@@ -317,16 +317,61 @@ def test_canonical_folder_missing_a_batch_is_named(canonical_folder, tmp_path):
         load_cifar10(folder, cache_dir=tmp_path / "c")
 
 
-def test_images_of_other_sizes_are_resized_to_32(tmp_path):
+def _odd_images() -> dict[str, bytes]:
+    """Files a class-folder data set may hold that a 32x32 RGB JPEG is not: other sizes and shapes, alpha,
+    palettes, 16-bit gray, an EXIF orientation."""
     from PIL import Image
 
+    def encode(img, fmt, **params) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **params)
+        return buf.getvalue()
+
+    wide = Image.linear_gradient("L").resize((96, 48)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: shown upright after a quarter turn
+    return {
+        "wide.png": encode(wide, "PNG"),
+        "translucent.png": encode(Image.new("RGBA", (64, 48), (200, 10, 10, 128)), "PNG"),
+        "palette.gif": encode(wide.convert("P"), "GIF"),
+        "gray16.png": encode(Image.linear_gradient("L").resize((40, 40)).convert("I;16"), "PNG"),
+        "turned.jpg": encode(wide, "JPEG", quality=90, exif=exif),
+    }
+
+
+def test_class_folder_images_are_decoded_exactly_as_the_service_decodes_uploads(tmp_path):
+    """One decode (common.images) for training data and uploads: what the model trains on is what it is given."""
+    from common import images
+
+    files = _odd_images()
     for split in ("train", "test"):
         for cls in CLASSES:
             folder = tmp_path / "tree" / split / cls
             folder.mkdir(parents=True)
-            buf = io.BytesIO()
-            Image.new("RGBA", (64, 48), (200, 10, 10, 128)).save(buf, "PNG")
-            (folder / "a.png").write_bytes(buf.getvalue())
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
     d = load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "c")
-    assert d.train_images.shape == (10, 32, 32, 3)
-    assert tuple(d.train_images[0, 5, 5]) == (200, 10, 10)
+    assert d.train_images.shape == (10 * len(files), 32, 32, 3)
+    for rank, name in enumerate(sorted(files)):  # classes interleaved: rank k of every class, then k + 1
+        expected = images.decode(files[name], images.MAX_PIXELS)
+        np.testing.assert_array_equal(d.test_images[10 * rank], expected, err_msg=name)
+    translucent = d.test_images[10 * sorted(files).index("translucent.png")]
+    assert tuple(translucent[5, 5]) != (200, 10, 10)  # alpha composited on white, not dropped
+
+
+@pytest.mark.parametrize("hostile", ["icon", "too_many_pixels", "truncated"])
+def test_a_file_the_service_would_refuse_is_refused_in_a_data_set_too_and_named(tmp_path, hostile):
+    from hostile_images import handmade_png, icon_holding
+
+    data = {"icon": icon_holding(handmade_png(16, 16, 2)),
+            "too_many_pixels": handmade_png(9000, 9000, 0, rows=1),
+            "truncated": handmade_png(64, 64, 2)[:-40]}[hostile]
+    for split in ("train", "test"):
+        for cls in CLASSES:
+            folder = tmp_path / "tree" / split / cls
+            folder.mkdir(parents=True)
+            (folder / "fine.png").write_bytes(_odd_images()["wide.png"])
+    (tmp_path / "tree" / "train" / "cat" / "hostile.png").write_bytes(data)
+    with pytest.raises(DataError, match=r"hostile\.png") as err:
+        load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "c")
+    assert "\n" not in str(err.value)

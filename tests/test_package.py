@@ -147,14 +147,45 @@ def test_the_default_is_chosen_on_the_figures_of_the_file_served_under_each_name
     from export.package import choose_default
 
     models = {
-        "fast": {"test_accuracy": 0.87, "cpu_images_per_s": 7000.0},
+        "fast": {"test_accuracy": 0.87, "int8": {"served": False, "fp32_single_images_per_s": 7000.0}},
         # too slow in fp32, but its int8 copy is what the service serves under this name
-        "heavy": {"test_accuracy": 0.91, "cpu_images_per_s": 400.0,
-                  "int8": {"served": True, "test_accuracy": 0.909, "cpu_images_per_s": 1200.0}},
+        "heavy": {"test_accuracy": 0.91, "int8": {"served": True, "test_accuracy": 0.909,
+                                                   "fp32_single_images_per_s": 400.0, "single_images_per_s": 1200.0}},
     }
-    assert choose_default(models, 1000) == "heavy"
+    assert choose_default(models, 1000)[0] == "heavy"
     models["heavy"]["int8"]["served"] = False
-    assert choose_default(models, 1000) == "fast"
+    assert choose_default(models, 1000)[0] == "fast"
+
+
+def test_the_default_must_also_hold_up_on_resized_and_re_encoded_uploads():
+    """Among the fast models, one whose worst upload variant stays within the bound wins over a more accurate
+    one that does not; with none robust, the rule says so and falls back to speed alone."""
+    from export.package import choose_default
+
+    def model(accuracy, single, worst_drop):
+        return {"test_accuracy": accuracy, "int8": {"served": False, "fp32_single_images_per_s": single},
+                "upload_robustness": None if worst_drop is None else {"worst_drop_points": worst_drop}}
+
+    models = {"accurate_fragile": model(0.92, 1500.0, 4.0), "robust": model(0.90, 1100.0, 0.8),
+              "robust_but_slow": model(0.95, 300.0, 0.1), "unmeasured": model(0.93, 2000.0, None)}
+    chosen, rule = choose_default(models, 1000, 1.0)
+    assert chosen == "robust" and "every upload variant within 1 point(s)" in rule
+    models["robust"]["upload_robustness"]["worst_drop_points"] = 1.5
+    chosen, rule = choose_default(models, 1000, 1.0)
+    assert chosen == "unmeasured" and "none had every upload variant" in rule
+
+
+def test_robustness_figures_are_taken_only_for_the_very_file_served():
+    from export.package import upload_robustness
+
+    entry = {"onnx_sha256": "aaa", "int8": {"served": True, "onnx_sha256": "bbb"}}
+    measured = {"sha256": "bbb", "native_accuracy": 0.9, "mean_drop_points": 0.5,
+                "worst_variant": {"name": "x1-jpeg-q50", "drop_points": 3.0}}
+    results = {"images": 500, "date": "2026-12-05T10:00:00+00:00", "models": {"m": measured}}
+    assert upload_robustness(results, "m", entry)["worst_drop_points"] == 3.0
+    entry["int8"]["served"] = False  # now the fp32 file is served: the figures were for another file
+    assert upload_robustness(results, "m", entry) is None
+    assert upload_robustness(results, "other", entry) is None
 
 
 def _folder_hashes(folder) -> dict:
@@ -182,3 +213,47 @@ def test_a_failure_at_any_step_leaves_weights_byte_for_byte_as_before(finished_r
                          "--weights", str(weights), "--docs", str(tmp_path / "docs")]) == 2
     assert capsys.readouterr().err.strip() == "error: [Errno 28] No space left on device"
     assert _folder_hashes(weights) == before  # nothing new, nothing replaced, no staging folder left behind
+
+
+def test_a_package_run_reads_the_data_once_scores_fp32_once_and_times_every_figure_alike(
+        finished_run, data_archive, cifar, tmp_path, monkeypatch):
+    """One protocol: the data set is read once, the fp32 file's accuracy comes from the parity check alone, and
+    every speed figure (batched and one image at a time, fp32 and int8) runs on the same contract images."""
+    import inspect
+
+    import export.onnx_accuracy
+    import export.package
+    import export.quantize
+    import training.data
+    from common.contract import INT8_MAX_DROP_POINTS, THROUGHPUT_IMAGES
+    from common.paths import repo_relative
+
+    reads, timed, scored = [], [], []
+
+    def counting(module, name, log, record):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            log.append(record(*args, **kwargs))
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    counting(training.data, "resolve_data_path", reads, lambda path: path)
+    for module in (export.package, export.quantize):
+        counting(module, "images_per_second", timed, lambda session, images, *a, **k: len(images))
+        counting(module, "single_image_rate", timed, lambda path, images, *a, **k: len(images))
+    counting(export.quantize, "predict", scored, lambda session, images, *a, **k: len(images))
+    counting(export.onnx_accuracy, "predict", scored, lambda session, images, *a, **k: len(images))
+
+    weights = tmp_path / "weights"
+    assert export.package.main([str(finished_run), "--data", str(data_archive), "--weights", str(weights),
+                                "--docs", str(tmp_path / "docs")]) == 0
+    entry = json.loads((weights / "MANIFEST.json").read_text())["models"]["tutorial"]
+    assert len(reads) == 1
+    assert entry["dataset"] == repo_relative(data_archive)  # what was read, not a fixed description
+    # one pass over the test images (the int8 copy's); the fp32 accuracy is the parity check's
+    assert scored.count(len(cifar.test_labels)) == 1
+    assert entry["test_accuracy"] == pytest.approx(entry["int8"]["test_accuracy"] + entry["int8"][
+        "accuracy_drop_points"] / 100, abs=1e-3)
+    assert len(timed) == 5 and set(timed) == {THROUGHPUT_IMAGES}  # fp32 batched; int8 and fp32 both ways
+    assert inspect.signature(export.quantize.quantize_model).parameters["max_drop"].default == INT8_MAX_DROP_POINTS

@@ -30,7 +30,7 @@ from test_serving_support import (
 )
 
 import serving
-from serving import uploads
+from common import images
 from serving.models import ModelLoadError
 
 
@@ -146,7 +146,7 @@ def test_on_request_the_answer_carries_the_32x32_image_the_model_saw(client, jpe
     out = io.BytesIO()
     photo.save(out, "JPEG", quality=95, exif=exif)
     data = out.getvalue()
-    decoded = uploads.decode(data, 4_000_000)
+    decoded = images.decode(data, 4_000_000)
     plain = upload(client, as_file(data, "wide.jpg")).get_json()
     assert "input_png" not in plain  # opt-in: existing clients get the answer they always got
     for query, fields in (("?include_input=true", {}), ("", {"include_input": "1"}), ("?include_input=TRUE", {})):

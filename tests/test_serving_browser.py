@@ -33,7 +33,7 @@ from test_serving_support import (
     write_manifest,
 )
 
-from serving import uploads
+from common import images
 
 pytestmark = pytest.mark.slow
 
@@ -206,7 +206,7 @@ def assert_answer_shown(page, url: str, name: str, data: bytes, topk: int = 5, m
         assert abs(bar["width"] - prediction["probability"]) < 0.01
     expect(page.locator("#model-input")).to_be_visible()
     assert page.eval_on_selector("#model-input", "img => img.complete && img.naturalWidth") == 32
-    assert np.array_equal(model_input_pixels(page), uploads.decode(data, 64_000_000))
+    assert np.array_equal(model_input_pixels(page), images.decode(data, 64_000_000))
     assert page.eval_on_selector("#model-input", "img => getComputedStyle(img).imageRendering") == "pixelated"
     seen, bars_box = box(page, "#model-input"), box(page, "#results")
     assert seen["right"] - seen["left"] >= 3 * 32  # enlarged

@@ -1,4 +1,4 @@
-"""What the service does to an uploaded file before the model sees it (serving/uploads.py)."""
+"""What the service does to an uploaded file before the model sees it (common/images.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hostile_images import bmp_rle8, handmade_png, icon_holding, tiff_of_one_row
 from PIL import IcoImagePlugin, Image, ImageFile, TiffImagePlugin
 from test_serving_support import cifar_jpegs
 
-from serving import uploads
-from serving.uploads import ImageError, ImageTooLarge, PixelBudget, UnsupportedFormat, decode
+from common import images as uploads
+from common.images import ImageError, ImageTooLarge, PixelBudget, UnsupportedFormat, decode
 
 MAX = 64_000_000
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)

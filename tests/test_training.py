@@ -106,7 +106,7 @@ def test_killed_run_resumes_at_the_right_epoch_with_identical_state(data_archive
     for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         for name in pa:
             assert torch.equal(torch.as_tensor(pa[name]), torch.as_tensor(pb[name])), name
-    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+    assert a["scheduler"]["step"] == b["scheduler"]["step"]
     assert a["metrics"][-1]["test_acc"] == b["metrics"][-1]["test_acc"]
 
 
@@ -148,16 +148,16 @@ def test_torchrun_with_two_cpu_processes_trains(data_archive, tmp_path):
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["args"]["world_size"] == 2
     # both ranks' shards are counted: 400 images per epoch in all
-    assert ckpt["scheduler"]["last_epoch"] == 2 * (400 // 2 // 4)
+    assert ckpt["scheduler"]["step"] == 2 * (400 // 2 // 4)
 
 
 # --- precision, threads, schedules on resume, gradient accumulation ----------------------------------
 
 def test_default_cpu_training_uses_bf16_and_channels_last_where_the_cpu_has_it(short_run):
-    from training.hardware import cpu_bf16_units
+    from common.machine import bf16_units
 
     ckpt = load_checkpoint(short_run / "last.pt")
-    has_units = cpu_bf16_units() is not None
+    has_units = bf16_units() is not None
     assert ckpt["args"]["precision"] == ("bf16" if has_units else "fp32")
     assert ckpt["args"]["channels_last"] is has_units
     # whatever trained it, the checkpoint holds fp32 weights
@@ -185,15 +185,16 @@ def test_contradictory_precision_flags_are_a_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_a_schedule_extended_on_resume_continues_as_if_planned_for_the_new_length(schedule):
-    from training.engine import build_optimizer, build_scheduler, restore_scheduler
+    from training.engine import build_optimizer
     from training.recipes import Recipe
+    from training.schedules import build_schedule, restore_schedule
 
     def setup(epochs):
         recipe = Recipe(model="tutorial", epochs=epochs, batch_size=8, optimizer="sgd", lr=0.1, momentum=0.9,
                         schedule=schedule)
         model = torch.nn.Linear(2, 2)
         optimizer = build_optimizer(recipe, model)
-        return recipe, optimizer, build_scheduler(recipe, optimizer, steps_per_epoch=5)
+        return recipe, optimizer, build_schedule(recipe, optimizer, steps_per_epoch=5)
 
     def step(optimizer, scheduler, n):
         for _ in range(n):
@@ -204,7 +205,7 @@ def test_a_schedule_extended_on_resume_continues_as_if_planned_for_the_new_lengt
     step(opt_short, sched_short, 20)  # the whole 4-epoch plan: one-cycle cannot step any further
     recipe, opt_long, sched_long = setup(6)
     opt_long.load_state_dict(opt_short.state_dict())
-    message = restore_scheduler(sched_long, sched_short.state_dict(), recipe, opt_long)
+    message = restore_schedule(sched_long, sched_short.state_dict())
     assert message and "rebuilt for 30 steps (was 20)" in message
 
     _, opt_ref, sched_ref = setup(6)  # planned for 6 epochs from the start
@@ -244,9 +245,10 @@ def test_resume_past_the_planned_epochs_trains_on(data_archive, tmp_path):
 def test_accumulated_micro_batches_weigh_every_image_equally(cifar):
     """2 x 32 accumulated equals 1 x 64, and a short last group is not under-scaled (96 images)."""
     from training.data import DeviceLoader
-    from training.engine import build_optimizer, build_scheduler, train_one_epoch
+    from training.engine import build_optimizer, train_one_epoch
     from training.models import create_model
     from training.recipes import HALF, Recipe
+    from training.schedules import build_schedule
 
     images, labels = cifar.train_images[:96], cifar.train_labels[:96]
 
@@ -257,7 +259,7 @@ def test_accumulated_micro_batches_weigh_every_image_equally(cifar):
                         grad_accum_steps=accum)
         loader = DeviceLoader(images, labels, batch_size, torch.device("cpu"), *HALF)
         optimizer = build_optimizer(recipe, model)
-        scheduler = build_scheduler(recipe, optimizer, 2)
+        scheduler = build_schedule(recipe, optimizer, 2)
         train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, scheduler, recipe,
                         torch.device("cpu"))
         return model.state_dict()

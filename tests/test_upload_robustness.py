@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import upload_robustness as ur  # noqa: E402
 
-from serving import uploads  # noqa: E402
-from serving.config import DEFAULTS  # noqa: E402
+from common import images  # noqa: E402
+from serving.config import Settings  # noqa: E402
 
 SCRIPT = ROOT / "benchmarks" / "upload_robustness.py"
 FIXTURE = ROOT / "tests" / "fixtures" / "cifar10-jpeg-small.tar.gz"
@@ -46,7 +46,7 @@ def selection(archive) -> ur.Selection:
 
 
 def decode(data: bytes) -> np.ndarray:
-    return uploads.decode(data, DEFAULTS["MAX_IMAGE_PIXELS"])
+    return images.decode(data, Settings().max_image_pixels)
 
 
 def test_selection_is_class_interleaved_real_test_images(selection):
@@ -138,7 +138,7 @@ def test_json_has_an_entry_per_model_per_variant(archive, tmp_path):
     assert list(result["models"]) == list(SMALL_MODELS)
     assert result["images"] == IMAGES and result["environment"]["onnxruntime"]
     assert result["command"].startswith("python benchmarks/upload_robustness.py ")
-    assert result["decode_path"]["function"] == "serving.uploads.decode"
+    assert result["decode_path"]["function"] == "common.images.decode"
     assert result["models"]["dwsep"]["file"] == "weights/dwsep.int8.onnx"  # the manifest serves its int8 copy
     assert result["models"]["tutorial"]["file"] == "weights/tutorial.onnx"
     for model in result["models"].values():
@@ -150,6 +150,22 @@ def test_json_has_an_entry_per_model_per_variant(archive, tmp_path):
         assert model["worst_variant"]["name"] in variants
         assert not result["variants"][model["worst_variant"]["name"]]["content_changing"]
     assert result["variants"]["x1-png"]["identical_to_native"] == 1.0
+
+
+def test_add_merges_a_new_model_into_the_results_and_keeps_the_others_as_measured(archive, tmp_path):
+    out = tmp_path / "robustness.json"
+    common = ["--data", str(archive), "--images", str(IMAGES), "--variants", "x1-png,x2-*-png", "--out", str(out),
+              "--quiet"]
+    assert ur.main([*common, "--models", "tutorial"]) == 0
+    first = json.loads(out.read_text())
+    assert ur.main([*common, "--models", "dwsep", "--add"]) == 0
+    merged = json.loads(out.read_text())
+    assert list(merged["models"]) == ["tutorial", "dwsep"] and merged["complete"]
+    assert merged["models"]["tutorial"] == first["models"]["tutorial"]
+    assert merged["command"] == first["command"] and "--add" in merged["added"][0]["command"]
+    # other images than the file measured: merging would mix two benchmarks, so it is refused
+    assert ur.main([*common[:2], "--images", str(IMAGES + 1), *common[4:], "--models", "dwsep", "--add"]) == 2
+    assert json.loads(out.read_text()) == merged
 
 
 @pytest.mark.parametrize("argv", [["--images", "many"], ["--no-such-flag"], ["--images", "0"],

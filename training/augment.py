@@ -28,7 +28,7 @@ class Augment:
     saturation: float = 0.0
     hue: float = 0.0               # fraction of a full turn, at most 0.5
     cutout: int = 0                # side of a square zeroed (after normalization) at a random place
-    # What the upload path does to an image (serving/uploads.py), applied last, to this share of the images:
+    # What the upload path does to an image (common/images.py), applied last, to this share of the images:
     upload_resize: float = 0.0     # enlarged 1.5-10x by a client's filter, then shrunk back as the service does
     upload_jpeg: float = 0.0       # saved as JPEG at a random quality (UPLOAD_JPEG_QUALITY), then decoded
 

@@ -4,7 +4,9 @@ Accepted sources (``--data PATH`` or ``$CIFAR10_DATA``):
 
 1. the canonical ``cifar-10-batches-py`` folder (or a folder containing it, or the
    ``cifar-10-python.tar.gz`` archive holding it), as users download it;
-2. a class-folder tree ``train/<class>/*`` and ``test/<class>/*`` of any Pillow-readable images;
+2. a class-folder tree ``train/<class>/*`` and ``test/<class>/*`` of images in any format the service
+   accepts, decoded as the service decodes an upload (``common.images.decode``: the centred square
+   resized to 32x32, alpha composited on white, the EXIF orientation applied);
 3. a ``.tar`` / ``.tar.gz`` of such a tree, like ``../shared/data/cifar10-jpeg.tar.gz``.
 
 Images are decoded once into (N, 32, 32, 3) uint8 arrays plus int64 labels and cached as ``.npz``
@@ -18,7 +20,6 @@ one uint8 tensor; shuffling, augmentation and normalization are batched tensor o
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import tarfile
@@ -28,14 +29,14 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from common import images
 from common.files import atomic_write
 from training.augment import Augment
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
-CACHE_FORMAT = 2  # bump when the decoded arrays would change for the same source
+CACHE_FORMAT = 3  # bump when the decoded arrays would change for the same source (3: common.images.decode)
 CANONICAL_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 
 
@@ -224,13 +225,10 @@ def _decode_split(per_class: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_image(raw: bytes, path: str) -> np.ndarray:
+    """One image of a class-folder set, decoded exactly as the service decodes an upload (common.images)."""
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            img = img.convert("RGB")
-            if img.size != (32, 32):
-                img = img.resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=3.0)
-            return np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        return images.decode(raw, images.MAX_PIXELS)
+    except images.ImageError as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from None
 
 

@@ -52,82 +52,6 @@ def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
                                weight_decay=wd)
 
 
-def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """An LR schedule stepped once per optimizer step (so epochs and steps agree for every kind)."""
-    total = recipe.epochs * steps_per_epoch
-    if recipe.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total,
-                                                   pct_start=recipe.warmup_fraction)
-    if recipe.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if recipe.schedule == "step":
-        milestones = [m * steps_per_epoch for m in recipe.milestones]
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=recipe.gamma)
-    if recipe.schedule == "triangle":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, TriangleSchedule(recipe, total))
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
-
-class TriangleSchedule:
-    """LR factor: linear from ``lr_start_factor`` up to 1 over the warm-up, then linear to ``lr_end_factor``.
-
-    airbench's schedule. A closed form of the step, so a run resumed with another length simply
-    continues on the new line.
-    """
-
-    def __init__(self, recipe: Recipe, total_steps: int):
-        self.start, self.end = recipe.lr_start_factor, recipe.lr_end_factor
-        self.total = max(total_steps, 1)
-        self.peak = recipe.warmup_fraction * self.total
-
-    def __call__(self, step: int) -> float:
-        if step < self.peak:
-            return self.start + (1 - self.start) * step / self.peak
-        return 1 + (self.end - 1) * min(1.0, (step - self.peak) / max(self.total - self.peak, 1e-9))
-
-
-def restore_scheduler(scheduler, state: dict, recipe: Recipe, optimizer: torch.optim.Optimizer) -> str | None:
-    """Load a saved schedule into ``scheduler``, built for ``recipe.epochs``, which may differ from the run's plan.
-
-    A run resumed with another ``--epochs`` continues on the schedule it would have had if it had
-    been planned for that length from the start, at the step it reached: one-cycle and cosine are
-    rebuilt (loading the old state as is would make one-cycle raise past its last step and cosine
-    climb back up). Returns a line for the log when the schedule changed, else None.
-    """
-    if recipe.schedule == "onecycle" and state["total_steps"] != scheduler.total_steps:
-        old_total = state["total_steps"]
-        # Keep the new length and the phase boundaries derived from it; take the rest (step count...).
-        scheduler.load_state_dict({k: v for k, v in state.items() if k not in ("total_steps", "_schedule_phases")})
-        # OneCycleLR is closed-form in its step count: recompute the LR (and momentum) of the current step.
-        scheduler.last_epoch -= 1
-        scheduler.step()
-        return (f"one-cycle schedule rebuilt for {scheduler.total_steps} steps (was {old_total}); "
-                f"LR now {optimizer.param_groups[0]['lr']:.3e}")
-    if recipe.schedule == "cosine" and state["T_max"] != scheduler.T_max:
-        old_total = state["T_max"]
-        scheduler.load_state_dict({**state, "T_max": scheduler.T_max})
-        # The scheduler's own update is recursive in the previous LR: set the current one in closed form.
-        lrs = scheduler._get_closed_form_lr()
-        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
-        scheduler._last_lr = list(lrs)
-        return (f"cosine schedule rebuilt for {scheduler.T_max} steps (was {old_total}); "
-                f"LR now {optimizer.param_groups[0]['lr']:.3e}")
-    if recipe.schedule == "triangle":
-        old_total = state["lr_lambdas"][0]["total"] if state.get("lr_lambdas") and state["lr_lambdas"][0] else None
-        # Keep the new schedule object (its length); take the step count and base LRs.
-        scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
-        scheduler.last_epoch -= 1  # closed form: recompute the current step's LR for this length
-        scheduler.step()
-        new_total = scheduler.lr_lambdas[0].total
-        if old_total is not None and old_total != new_total:
-            return f"triangle schedule rebuilt for {new_total} steps (was {old_total}); " \
-                   f"LR now {optimizer.param_groups[0]['lr']:.3e}"
-        return None
-    scheduler.load_state_dict(state)
-    return None
-
-
 class Lookahead:
     """airbench's Lookahead: every ``every`` steps the weights are pulled to their running average.
 
@@ -213,7 +137,7 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, criterion: nn.Module
             with autocast(device, amp):
                 logits = model(x)
                 loss = criterion(logits.float(), y)
-            if distill is not None:  # the teacher runs in fp32, outside autocast
+            if distill is not None:  # the soft term in fp32 (the teacher itself runs in the student's precision)
                 loss = distill.loss(x, logits.float(), y, loss)
             (loss * (len(y) / group_size)).backward()
         if last_of_group:

@@ -20,7 +20,7 @@ from common.paths import repo_relative
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, recipe_tta
 from training.data import DataError, DeviceLoader, load_cifar10
 from training.engine import classification_metrics
-from training.tta import TTA_MODES, with_tta
+from training.tta import TTA_MODES, check_tta, with_tta
 
 
 def per_class_accuracy(confusion: list[list[int]], classes) -> dict[str, float]:
@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="test-time augmentation: none, flip (image + mirror), flip_translate (airbench's six "
                         "views: mirror and 1-pixel translations); default: the recipe's, as the export runs it")
     args = p.parse_args(argv)
-    if args.tta is not None and args.tta not in TTA_MODES:
-        print(f"error: --tta must be one of {', '.join(TTA_MODES)}, not {args.tta!r}", file=sys.stderr)
+    try:
+        if args.tta is not None:
+            check_tta(args.tta, "--tta")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         if args.device == "cuda" and not torch.cuda.is_available():

@@ -8,10 +8,11 @@ where the GPU supports it (Ampere and later). Evaluation always runs in fp32.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
+
+from common.machine import bf16_units, usable_cpus
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -27,22 +28,12 @@ class Precision:
         return self.name == "bf16"
 
 
-def cpu_bf16_units() -> str | None:
-    """The CPU's native bf16 matrix instructions ("AMX", "AVX512-BF16"), or None."""
-    cpu = getattr(torch, "cpu", None)
-    if cpu is not None and getattr(cpu, "_is_amx_tile_supported", lambda: False)():
-        return "AMX"
-    if cpu is not None and getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
-        return "AVX512-BF16"
-    return None
-
-
 def default_precision(device: torch.device) -> Precision:
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return Precision("bf16", False, f"bf16 autocast: {torch.cuda.get_device_name(device)} supports it")
         return Precision("fp32", False, "fp32: this GPU has no bf16 support")
-    units = cpu_bf16_units()
+    units = bf16_units()
     if units:
         return Precision("bf16", True, f"bf16 autocast + channels_last: the CPU has {units}")
     return Precision("fp32", False, "fp32: the CPU has neither AMX nor AVX512-BF16, so bf16 would be emulated "
@@ -64,13 +55,6 @@ def resolve_precision(device: torch.device, requested: str | None, channels_last
         note = f"; channels_last {'on' if channels_last else 'off'} (asked for)"
         chosen = Precision(chosen.name, channels_last, chosen.reason + note)
     return chosen
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def set_threads(threads: int | None) -> int:

@@ -31,9 +31,7 @@ from training.distill import Distillation
 from training.engine import (
     Lookahead,
     build_optimizer,
-    build_scheduler,
     classification_metrics,
-    restore_scheduler,
     steps_per_epoch,
     train_one_epoch,
 )
@@ -48,6 +46,7 @@ from training.models import (
 )
 from training.plots import plot_confusion, plot_curves
 from training.recipes import HALF, RECIPES, Recipe, default_recipe
+from training.schedules import Schedule, build_schedule, restore_schedule
 from training.tta import with_tta
 
 WHITENING_IMAGES = 5000  # a data-whitened first layer is fitted to this many training images (airbench)
@@ -238,7 +237,7 @@ class TrainingState:
     model: nn.Module  # what trains: possibly wrapped by DDP or torch.compile
     raw_model: nn.Module  # what checkpoints hold
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: Schedule
     step_count: int  # optimizer steps per epoch
     lookahead: Lookahead | None
     progress: Progress
@@ -329,7 +328,7 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(recipe, model)
     step_count = steps_per_epoch(data.train, recipe)
-    scheduler = build_scheduler(recipe, optimizer, step_count)
+    scheduler = build_schedule(recipe, optimizer, step_count)
     progress = Progress() if resumed is None else _resume(resumed, model, optimizer, scheduler, plan, procs)
     # Built after the resumed weights are in: the average starts from them unless the run saved its own.
     lookahead = Lookahead(model, recipe, recipe.epochs * step_count) if recipe.lookahead_every else None
@@ -344,17 +343,17 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
     distill = None
     if recipe.teacher:
         distill = Distillation(recipe.teacher, data.mean, data.std, recipe.distill_temperature, recipe.distill_alpha,
-                               procs.device)
+                               procs.device, amp=plan.precision.autocast)
         procs.say(f"distilling from {recipe.teacher} (T {recipe.distill_temperature}, alpha {recipe.distill_alpha})")
     return TrainingState(trained, model, optimizer, scheduler, step_count, lookahead, progress, distill)
 
 
-def _resume(resumed: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, plan: RunPlan,
+def _resume(resumed: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Schedule, plan: RunPlan,
             procs: Processes) -> Progress:
     """Load a run's weights, optimizer, schedule and RNG state into the new objects; its history goes on."""
     model.load_state_dict(resumed["state_dict"])
-    optimizer.load_state_dict(resumed["optimizer"])
-    rebuilt = restore_scheduler(scheduler, resumed["scheduler"], plan.recipe, optimizer)
+    optimizer.load_state_dict(resumed["optimizer"])  # then the schedule sets this step's LR (and momentum)
+    rebuilt = restore_schedule(scheduler, resumed["scheduler"])
     if rebuilt:
         procs.say(f"resume: --epochs {plan.recipe.epochs} differs from the planned {resumed['epochs']}: {rebuilt}")
     _restore_rng(resumed["rng"])

@@ -30,9 +30,10 @@ from training.models import NUM_CLASSES
 TTA_MODES = ("none", "flip", "flip_translate")
 
 
-def _check(mode: str) -> str:
+def check_tta(mode: str, name: str = "TTA mode") -> str:
+    """``mode`` if it is one of TTA_MODES, else ValueError naming ``name`` (a flag, for a CLI's message)."""
     if mode not in TTA_MODES:
-        raise ValueError(f"TTA mode must be one of {', '.join(TTA_MODES)}, not {mode!r}")
+        raise ValueError(f"{name} must be one of {', '.join(TTA_MODES)}, not {mode!r}")
     return mode
 
 
@@ -55,7 +56,7 @@ def shift_up_left(x: torch.Tensor) -> torch.Tensor:
 
 def views(x: torch.Tensor, mode: str) -> tuple[list[torch.Tensor], list[float]]:
     """The augmented batches of ``mode`` and their weights (which sum to 1)."""
-    _check(mode)
+    check_tta(mode)
     if mode == "none":
         return [x], [1.0]
     if mode == "flip":
@@ -73,7 +74,7 @@ class TTA(nn.Module):
     def __init__(self, model: nn.Module, mode: str, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.model = model
-        self.mode = _check(mode)
+        self.mode = check_tta(mode)
         self.num_classes = num_classes
         _, weights = views(torch.zeros(1, 3, 4, 4), mode)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32).view(-1, 1, 1), persistent=False)
@@ -94,6 +95,6 @@ class TTA(nn.Module):
 
 def with_tta(model: nn.Module, mode: str) -> nn.Module:
     """``model`` itself for ``none`` (nothing changes), else ``TTA(model, mode)`` in the model's train/eval mode."""
-    if _check(mode) == "none":
+    if check_tta(mode) == "none":
         return model
     return TTA(model, mode).train(model.training)

@@ -36,9 +36,8 @@ Models:
 
 API for the trainer: ``init_whitening(images)`` once before training (normalized float NCHW training
 images, airbench uses the first 5,000; deterministic for the same input); ``whitening_bias`` (toggle its
-``requires_grad``; with set_to_none zero_grad the optimizer then skips it); ``parameter_groups()``
-(``norm_biases`` that airbench trains at 64x the LR with the same absolute weight decay,
-``whitening_bias``, ``other``).
+``requires_grad``; with set_to_none zero_grad the optimizer then skips it). The BatchNorm shifts that
+airbench trains at 64x the LR are grouped by ``training.engine.parameter_groups``, as for every model.
 
 Activation (``activation=``: gelu, gelu_tanh, relu, silu). Training speed on this project's CPU (AMD
 EPYC, Zen 4, AVX512-BF16, no AMX; torch 2.13.0+cpu, 1 thread, batch 256, channels_last, forward +
@@ -217,17 +216,6 @@ class WhitenedVGG(nn.Module):
         filters = filters.reshape(dim, 3, k, k).to(device=weight.device, dtype=weight.dtype)
         weight.copy_(torch.cat([filters, -filters]))
         weight.requires_grad_(False)
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters split as airbench's optimizer splits them.
-
-        ``norm_biases``: the BatchNorm shifts (airbench: LR x 64, same absolute weight decay);
-        ``whitening_bias``: trained for the first few epochs only; ``other``: convs and head.
-        """
-        norm = [m.bias for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
-        taken = {id(p) for p in norm} | {id(self.whiten.bias), id(self.whiten.weight)}
-        other = [p for p in self.parameters() if id(p) not in taken and p.requires_grad]
-        return {"norm_biases": norm, "whitening_bias": [self.whiten.bias], "other": other}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.whiten_act(self.whiten(x))

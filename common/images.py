@@ -1,4 +1,8 @@
-"""Uploaded bytes -> the model's input: one uint8 RGB array of 32x32x3.
+"""An image file's bytes -> the model's input: one uint8 RGB array of 32x32x3.
+
+The service decodes every upload with ``decode`` and training decodes the images of a class-folder data
+set with it too (``training.data``), so the model is trained on exactly what it will be given: the same
+centred square, the same resampling, alpha on white, EXIF orientation applied.
 
 What happens to an upload, in order. Every limit is checked from the file's header, before any pixel
 is decoded:
@@ -69,6 +73,7 @@ RESAMPLE = Image.Resampling.BICUBIC
 REDUCING_GAP = 3.0
 MIB = 1024 * 1024
 MAX_DECODE_BYTES = 128 * MIB  # one image's decoding memory; keeps a worker near 300 MiB RSS (see above)
+MAX_PIXELS = 64_000_000  # the largest image decoded: the service's MAX_IMAGE_PIXELS default, training's limit
 # Formats whose readers parse only headers in open(), in the order Pillow should try them.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "PPM")
 _BAND_PIXELS = 1 << 20  # pixels converted at once while shrinking: a few MiB
