@@ -7,8 +7,10 @@ A recipe with ``teacher`` (a checkpoint path) trains its model on
 where ``_T`` is a softmax at temperature ``T = distill_temperature`` (Hinton et al., 2015; the T^2 keeps
 the soft term's gradients on the scale of the hard one). The teacher sees exactly the augmented view the
 student sees: the student's normalized batch is turned back into [0, 1] pixels and normalized the teacher's
-way, so any trained model of this project can teach any other. The teacher runs in eval mode, fp32, without
-gradients, and without its test-time augmentation (one forward pass per batch).
+way, so any trained model of this project can teach any other. The teacher runs in eval mode, without
+gradients and without its test-time augmentation (one forward pass per batch), in the student's precision:
+with bf16 autocast it costs a third of fp32 on a CPU with BF16 units (whitened_vgg_best, batch 1024, 2 threads:
+1,532 against 476 images/s), and its logits are only a soft target.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint
 
 class Distillation(nn.Module):
     def __init__(self, teacher_checkpoint: str | Path, student_mean, student_std, temperature: float,
-                 alpha: float, device: torch.device):
+                 alpha: float, device: torch.device, amp: bool = False):
         super().__init__()
         ckpt = load_checkpoint(teacher_checkpoint)
         self.teacher = model_from_checkpoint(ckpt).to(device).eval().requires_grad_(False)
-        self.temperature, self.alpha = temperature, alpha
+        self.temperature, self.alpha, self.amp = temperature, alpha, amp
 
         def column(values):
             return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -40,8 +42,10 @@ class Distillation(nn.Module):
     @torch.no_grad()
     def teacher_logits(self, student_input: torch.Tensor) -> torch.Tensor:
         x = student_input.float() * self.scale + self.shift
-        return self.teacher(x.contiguous(memory_format=torch.channels_last)
-                            if student_input.is_contiguous(memory_format=torch.channels_last) else x).float()
+        if student_input.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.teacher(x).float()
 
     def loss(self, student_input: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
              hard_loss: torch.Tensor) -> torch.Tensor:
