@@ -338,12 +338,15 @@ def main(argv: list[str] | None = None) -> int:
                         "else none)")
     p.add_argument("--requantize", nargs="+", metavar="NAME", default=[],
                    help="only (re)make the int8 copy of these models already in --weights, and their entries' int8")
+    p.add_argument("--choose-default", action="store_true",
+                   help="measure nothing: take each served file's figures from --robustness again and choose the "
+                        "default (after benchmarks/upload_robustness.py has measured a new model)")
     p.add_argument("--remeasure", nargs="+", metavar="NAME", default=[],
                    help="only measure again the CPU speed of these packaged models ('all': every one) and choose "
                         "the default again; do it on a quiet machine, for every model at once")
     args = p.parse_args(argv)
-    if not args.runs and not args.requantize and not args.remeasure:
-        p.error("give runs to package, --requantize NAME... or --remeasure NAME...")
+    if not args.runs and not args.requantize and not args.remeasure and not args.choose_default:
+        p.error("give runs to package, --requantize NAME..., --remeasure NAME... or --choose-default")
     weights = Path(args.weights)
     manifest_path = weights / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
@@ -372,7 +375,8 @@ def package(args: argparse.Namespace, manifest: dict, stage: StagedWeights) -> i
         for name in remeasure:
             if name not in manifest["models"] or not (weights / manifest["models"][name]["onnx"]).is_file():
                 raise ExportError(f"--remeasure {name}: no such packaged model in {weights}")
-        cifar = load_cifar10(args.data)  # read once: every figure of this run comes from these images
+        # read once, where anything is measured: every figure of this run comes from these images
+        cifar = load_cifar10(args.data) if runs or args.requantize or remeasure else None
         for run, name in runs:
             entry = package_run(run, name, stage, cifar, args.command, Path(args.docs), args.tta)
             manifest["models"][name] = entry
@@ -390,7 +394,7 @@ def package(args: argparse.Namespace, manifest: dict, stage: StagedWeights) -> i
             print(f"{name}: int8 {'served' if figures['served'] else 'not served'} "
                   f"({figures['accuracy_drop_points']:+.2f} points lost, x{figures['single_image_speedup']} "
                   f"one image at a time)", flush=True)
-        timing = timing_images(cifar)
+        timing = timing_images(cifar) if remeasure else None
         for name in remeasure:
             entry = manifest["models"][name]
             remeasure_speed(entry, weights, timing)

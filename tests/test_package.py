@@ -257,3 +257,24 @@ def test_a_package_run_reads_the_data_once_scores_fp32_once_and_times_every_figu
         "accuracy_drop_points"] / 100, abs=1e-3)
     assert len(timed) == 5 and set(timed) == {THROUGHPUT_IMAGES}  # fp32 batched; int8 and fp32 both ways
     assert inspect.signature(export.quantize.quantize_model).parameters["max_drop"].default == INT8_MAX_DROP_POINTS
+
+
+def test_choose_default_takes_new_robustness_figures_without_measuring_anything(finished_run, data_archive, tmp_path):
+    """After benchmarks/upload_robustness.py measured a packaged model, --choose-default records its figures
+    and chooses again, with no data set and no timing."""
+    from export.package import served_sha256
+
+    weights = tmp_path / "weights"
+    assert package_main([str(finished_run), "--data", str(data_archive), "--weights", str(weights),
+                         "--docs", str(tmp_path / "docs")]) == 0
+    entry = json.loads((weights / "MANIFEST.json").read_text())["models"]["tutorial"]
+    assert entry["upload_robustness"] is None
+    results = tmp_path / "robustness.json"
+    results.write_text(json.dumps({"images": 4, "date": "2026-12-05T12:00:00+00:00", "models": {"tutorial": {
+        "sha256": served_sha256(entry), "native_accuracy": 0.5, "mean_drop_points": 0.2,
+        "worst_variant": {"name": "x2-bicubic-png", "drop_points": 0.5}}}}))
+    assert package_main(["--choose-default", "--weights", str(weights), "--robustness", str(results)]) == 0
+    manifest = json.loads((weights / "MANIFEST.json").read_text())
+    assert manifest["models"]["tutorial"]["upload_robustness"]["worst_drop_points"] == 0.5
+    assert manifest["models"]["tutorial"]["cpu_images_per_s"] == entry["cpu_images_per_s"]  # nothing re-timed
+    assert "within 1 point(s) of native" in manifest["default_rule"] and "none had" not in manifest["default_rule"]
