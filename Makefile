@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: serve dev test lint bench lock lock-check clean
+.PHONY: serve dev test lint bench lock lock-check clean image image-test k8s-manifests
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,33 @@ dev: $(VENV)/.dev-installed
 test: $(VENV)/.dev-installed lock-check
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+	$(MAKE) image-test
+
+# ---- the container image and the cluster manifests (README, "Deploy") ----
+IMAGE      ?= cifar10-serving
+BASE_IMAGE ?=
+# docker where a Docker engine answers, else Debian's buildah (chroot isolation, no daemon; as root).
+IMAGE_TOOL ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo buildah)
+# A CA bundle pip inside a buildah build trusts, where the network needs one (a TLS-inspecting proxy).
+BUILD_CA   ?= $(or $(PIP_CERT),$(SSL_CERT_FILE))
+IMAGE_TEST_OUT ?= build/image-test.json
+K8S_OUT    ?= build/k8s
+
+image:
+	$(PYTHON) tools/image.py build --tool $(IMAGE_TOOL) --image $(IMAGE) $(if $(BASE_IMAGE),--base $(BASE_IMAGE)) \
+		$(if $(BUILD_CA),--ca $(BUILD_CA))
+
+# Builds (through `make image`, with buildah) on python:3.12-slim, or on a Debian stand-in made with mmdebstrap
+# where no registry answers, runs the container read-only and checks it from outside (tools/image_test.py).
+# Skips, saying why, only where buildah is not installed (.ci/run installs it).
+image-test: $(VENV)/.serve-installed
+	$(BIN)/python tools/image_test.py --image $(IMAGE) $(if $(BASE_IMAGE),--base $(BASE_IMAGE)) --out $(IMAGE_TEST_OUT)
+
+# deploy/k8s/*.yaml with the Deployment's image set to IMAGE (and the KServe InferenceService's storageUri to
+# STORAGE_URI, if given), validated, in K8S_OUT: `kubectl apply -f build/k8s/`.
+k8s-manifests: $(VENV)/.dev-installed
+	$(BIN)/python tools/k8s_manifests.py render --image $(IMAGE) --out $(K8S_OUT) \
+		$(if $(STORAGE_URI),--storage-uri $(STORAGE_URI))
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
