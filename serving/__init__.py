@@ -52,7 +52,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """
     from flask import Flask
 
-    from serving import api, errors, kserve, metrics, openapi, request_context, web
+    from serving import api, body_budget, errors, kserve, metrics, openapi, request_context, web
     from serving import config as _config
     from serving.models import ModelRegistry
 
@@ -69,6 +69,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     errors.register_error_handlers(app)
     request_context.init_app(app)  # before metrics: a refused request is still counted
     metrics.init_app(app)
+    body_budget.init_app(app)
     for blueprint in (api.bp, kserve.bp, openapi.bp, web.bp):
         app.register_blueprint(blueprint)
 

@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 MIB = 1024 * 1024
+# BODY_BUDGET_MB (serving/body_budget.py): bodies over BODY_SMALL bytes may fill only this share of it.
+BODY_SMALL = MIB
+BODY_LARGE_SHARE = 3 / 4
 
 
 class ConfigError(ValueError):
@@ -212,6 +215,11 @@ class Settings:
     default_topk: int = setting(Int(1), 5, "classes in an answer when the request gives no `topk`")
     max_upload_mb: float = setting(Float(0, inclusive=False), 10.0,
                                    "largest request body in MiB; a larger one gets 413 before it is read")
+    body_budget_mb: float = setting(
+        Float(0, inclusive=False), 64.0,
+        "request-body MiB one worker holds at once, reserved by Content-Length (chunked: as it arrives) before "
+        "a body is read; a body that would exceed it gets 503 with `Retry-After` at once. Bodies over 1 MiB "
+        "may fill three quarters of it, the rest is kept for small requests; at least 4/3 x `MAX_UPLOAD_MB`")
     max_image_pixels: int = setting(
         Int(1), 64_000_000,
         "largest decoded image (width x height); a larger one gets 413 before its pixels are decoded")
@@ -255,8 +263,11 @@ class Settings:
         "gevent with the deadlines above (serving/worker.py); another gunicorn worker class loses the "
         "slow-client protection", scope="process")
     worker_connections: int = setting(
-        Int(1), 1000, "connections one worker holds at once (gevent); more wait in the listen backlog",
-        scope="process")
+        Int(1), 1000,
+        "connections one worker holds at once (an idle one costs ~10 KiB); at the limit the connection idle "
+        "longest is closed to admit a waiting client, a busy one never is. It and 128 more must fit under the "
+        "open-file limit, raised to the hard limit at start: a value given that does not fit stops the start",
+        scope="process", shown="`1000`, fewer where the open-file limit cannot hold that many")
     threads: int = setting(
         Int(1), 1, "threads per worker; only `WORKER_CLASS=gthread` uses them (the gevent worker runs a "
                    "greenlet per connection)", scope="process")
@@ -288,6 +299,24 @@ class Settings:
     log_level: str = setting(Str(choices=("debug", "info", "warning", "error", "critical")), "info",
                              "gunicorn's and the service's log level", scope="process")
 
+    # Not a setting: the variables that were given (the others took their defaults).
+    explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+
+    def __post_init__(self):
+        # The largest body the service accepts must fit in the budget on its own, or it would always get 503.
+        large = self.max_content_length > BODY_SMALL
+        share = BODY_LARGE_SHARE if large else 1.0
+        if self.max_content_length > int(self.body_budget_mb * MIB * share):
+            needed = math.ceil(self.max_upload_mb / share * 100) / 100
+            why = "bodies over 1 MiB may fill three quarters of the budget, so " if large else ""
+            raise ConfigError(f"BODY_BUDGET_MB={self.body_budget_mb:g} is too small for MAX_UPLOAD_MB="
+                              f"{self.max_upload_mb:g}: {why}a maximum-size upload would always be refused; "
+                              f"set BODY_BUDGET_MB to at least {needed:g}")
+
+    @property
+    def body_budget_bytes(self) -> int:
+        return int(self.body_budget_mb * MIB)
+
     @property
     def max_content_length(self) -> int:
         """MAX_UPLOAD_MB in bytes (Flask and Werkzeug enforce it on every body with a 413)."""
@@ -305,12 +334,12 @@ class Settings:
         environ = os.environ if environ is None else environ
         overrides = overrides or {}
         values: dict[str, Any] = {}
-        for item in dataclasses.fields(cls):
-            name = item.name.upper()
+        for name, item in _FIELDS.items():
             raw = overrides[name] if name in overrides else environ.get(name)
             text = "" if raw is None else str(raw).strip()
             if text:
                 values[item.name] = parse(name, text)
+        values["explicit"] = frozenset(name.upper() for name in values)
         workers = values.get("workers") or usable_cpus()
         values["workers"] = workers
         values.setdefault("intra_op_threads", default_intra_op_threads(workers))
@@ -319,8 +348,8 @@ class Settings:
 
     def flask_config(self) -> dict[str, Any]:
         """The service's own settings, as the app reads them (``current_app.config["MAX_BATCH"]``, ...)."""
-        config = {item.name.upper(): getattr(self, item.name) for item in dataclasses.fields(self)
-                  if item.metadata["spec"].scope == "app"}
+        config = {name: getattr(self, item.name) for name, item in _FIELDS.items()
+                  if spec_of(item).scope == "app"}
         for name, value in config.items():
             if isinstance(value, pathlib.Path):
                 config[name] = str(value)
@@ -371,7 +400,7 @@ def _api_token(token: str | None, token_file: pathlib.Path | None) -> str | None
         raise ConfigError(f"API_TOKEN_FILE's first line must be {TOKEN.rule}") from None
 
 
-_FIELDS = {item.name.upper(): item for item in dataclasses.fields(Settings)}
+_FIELDS = {item.name.upper(): item for item in dataclasses.fields(Settings) if "spec" in item.metadata}
 
 
 # ---- one parse per process tree ------------------------------------------------------------------------

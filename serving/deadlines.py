@@ -22,3 +22,12 @@ def body_deadline(seconds: float) -> contextlib.AbstractContextManager:
     if not monkey.is_module_patched("socket"):
         return contextlib.nullcontext()
     return gevent.Timeout(max(seconds, 0.001), BodyTimeout())
+
+
+
+def let_others_run() -> None:
+    """Yield to the worker's other greenlets between chunks of a body being read. A read returns at once while
+    the client keeps sending, so a greenlet reading a fast upload would otherwise hold the whole worker (and
+    every other request of it) until the body ends."""
+    if monkey.is_module_patched("socket"):
+        gevent.sleep(0)

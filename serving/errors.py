@@ -9,10 +9,12 @@ never carries a stack trace.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from serving import connections
 from serving.deadlines import body_deadline
 
 log = logging.getLogger(__name__)
@@ -21,10 +23,22 @@ log = logging.getLogger(__name__)
 # bodies up to this size are read and dropped first, so the client gets to see the 413.
 _DRAIN_LIMIT = 64 * 1024 * 1024
 _DRAIN_SECONDS = 2.0
+_DRAIN_STEP = 64 * 1024  # read and dropped this much at a time: draining holds no more memory than that
+# A body refused without being read (503, the worker's body budget is full) gets only a short linger: enough
+# for a small body's client to finish sending and read the answer, too little to cost the worker real work
+# when a flood of uploads is refused (a client still sending after that sees the connection reset).
+_LINGER_LIMIT = 256 * 1024
+_LINGER_SECONDS = 0.5
 
 
 class ApiError(Exception):
-    """A client mistake: HTTP ``status`` with a message that names the problem."""
+    """A client mistake (or a refusal): HTTP ``status`` with a message that names the problem.
+
+    ``headers``: extra response headers; ``close_connection``: answer at once with ``Connection: close``,
+    then read and drop what the client still sends (bounded) and close the connection."""
+
+    headers: dict[str, str] = {}
+    close_connection = False
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -49,14 +63,17 @@ def _drain_body() -> None:
     length = request.content_length
     if length is not None and length > _DRAIN_LIMIT:
         return
-    stream = request.environ.get("wsgi.input")
+    _drain(request.environ.get("wsgi.input"))
+
+
+def _drain(stream, limit: int = _DRAIN_LIMIT, seconds: float = _DRAIN_SECONDS) -> None:
     if stream is None:
         return
-    remaining = _DRAIN_LIMIT
+    remaining = limit
     try:
-        with body_deadline(_DRAIN_SECONDS):
+        with body_deadline(seconds):
             while remaining > 0:
-                chunk = stream.read(min(remaining, 1024 * 1024))
+                chunk = stream.read(min(remaining, _DRAIN_STEP))
                 if not chunk:
                     break
                 remaining -= len(chunk)
@@ -80,12 +97,41 @@ def _http_message(exc: HTTPException) -> str:
     return exc.description or exc.name
 
 
+_LINGER_BUFFER = bytearray(_DRAIN_STEP)  # what lingering reads is thrown away: one buffer serves every connection
+
+
+def _linger(sock) -> None:
+    """Read and drop what the client still sends of a refused body, straight from the socket (not through the
+    request's body stream, which reads up to 1 MiB ahead): at most _LINGER_LIMIT bytes and _LINGER_SECONDS."""
+    if sock is None:
+        return
+    remaining = _LINGER_LIMIT
+    try:
+        with body_deadline(_LINGER_SECONDS):
+            while remaining > 0:
+                received = sock.recv_into(_LINGER_BUFFER, min(remaining, _DRAIN_STEP))
+                if not received:
+                    break
+                remaining -= received
+    except Exception:  # stalled or gone: the connection is closed next anyway
+        pass
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(exc: ApiError):
-        if exc.status in (401, 413):
-            _drain_body()
-        return error_response(exc.status, exc.message)
+        if exc.close_connection:
+            # The answer goes out first; a short linger runs when the server closes the response, then the
+            # connection is closed (under the service's gevent worker).
+            connections.close_after_response(request.environ)
+            response = error_response(exc.status, exc.message)
+            response.call_on_close(partial(_linger, request.environ.get("gunicorn.socket")))
+        else:
+            if exc.status in (401, 413):
+                _drain_body()
+            response = error_response(exc.status, exc.message)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException):

@@ -22,6 +22,7 @@ Metrics: PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless given) is emp
 the workers write their metrics there, and a dead worker's files are marked in child_exit.
 """
 
+import dataclasses
 import math
 import os
 import shutil
@@ -35,15 +36,32 @@ if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="cifar10-serving-metrics-")
 
 from serving import config as _config  # noqa: E402
+from serving import connections as _connections  # noqa: E402
 from serving import model_files  # noqa: E402
+
+
+def _refuse_to_start(message: str):
+    print(f"cannot start the service: {message}", file=sys.stderr)
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    sys.exit(1)
+
 
 try:
     _settings = _config.install(_config.Settings.from_environ())
 except _config.ConfigError as _exc:
-    print(f"cannot start the service: {_exc}", file=sys.stderr)
-    if _OWN_METRICS_DIR:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-    sys.exit(1)
+    _refuse_to_start(str(_exc))
+# Every connection is an open file: the soft limit (often 1,024) goes up to the hard limit, which the
+# workers inherit, and WORKER_CONNECTIONS must fit under it (on_starting logs both limits). A value given
+# that does not fit stops the start; the default is lowered to what fits.
+_file_limit = _connections.raise_open_file_limit()
+_lowered_from = None
+if _problem := _connections.file_limit_problem(_settings.worker_connections, _file_limit):
+    _fits = _connections.connections_that_fit(_file_limit)
+    if "WORKER_CONNECTIONS" in _settings.explicit or _fits < 1:
+        _refuse_to_start(_problem)
+    _lowered_from = _settings.worker_connections
+    _settings = _config.install(dataclasses.replace(_settings, worker_connections=_fits))
 
 bind = _settings.bind
 workers = _settings.workers
@@ -156,6 +174,15 @@ def on_starting(server):
         sys.exit(1)
     server.log.info("models verified: %s; %d worker(s) x %d onnxruntime thread(s)",
                     message, _settings.workers, _settings.intra_op_threads)
+    if _lowered_from is not None:
+        server.log.warning("WORKER_CONNECTIONS lowered from its default %d to %d: the open-file limit (%d) holds "
+                           "no more; raise the hard limit (ulimit -Hn; docker run --ulimit nofile=N:N) for more",
+                           _lowered_from, _settings.worker_connections, _file_limit.soft)
+    hard = "unlimited" if _file_limit.hard == -1 else _file_limit.hard
+    server.log.info("open-file limit %s (was %s; hard limit %s): %d worker(s) x up to %d connections "
+                    "(WORKER_CONNECTIONS), each worker holding at most %g MiB of request bodies (BODY_BUDGET_MB)",
+                    _file_limit.soft, _file_limit.before, hard, _settings.workers, _settings.worker_connections,
+                    _settings.body_budget_mb)
 
 
 def post_fork(server, worker):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from types import SimpleNamespace
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
@@ -20,6 +21,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -43,6 +45,20 @@ INFERENCE_LATENCY = Histogram("cifar10_inference_duration_seconds", "onnxruntime
 DECODE_LATENCY = Histogram("cifar10_image_decode_duration_seconds", "Time to turn one upload into 32x32 RGB",
                            buckets=LATENCY_BUCKETS)
 IMAGE_ERRORS = Counter("cifar10_rejected_images", "Uploads refused, by reason", ["reason"])
+
+# Admission (serving/connections.py, serving/body_budget.py). Gauges are summed over the live workers.
+CONNECTIONS = SimpleNamespace(
+    open=Gauge("cifar10_open_connections", "Client connections the workers hold", multiprocess_mode="livesum"),
+    idle=Gauge("cifar10_idle_connections", "Connections with no request in progress and no byte of the next one",
+               multiprocess_mode="livesum"),
+    closed_to_admit=Counter("cifar10_connections_closed_to_admit", "Idle connections closed because a worker "
+                            "was at WORKER_CONNECTIONS and a new client was waiting"),
+)
+BODY_BYTES_IN_FLIGHT = Gauge("cifar10_request_body_bytes_in_flight", "Request-body bytes the workers hold or have "
+                             "reserved (by Content-Length) for requests in progress", multiprocess_mode="livesum")
+REFUSED = Counter("cifar10_refused_requests", "Requests answered 503 before their body was read, by reason",
+                  ["reason"])
+REFUSED.labels("body_budget")  # shown (as 0) before the first refusal
 
 bp = Blueprint("metrics", __name__)
 

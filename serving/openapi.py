@@ -28,7 +28,11 @@ _ERROR_TEXTS = {
     413: "body, image, decoded pixels or batch too large",
     415: "unsupported content type or image format",
     500: "unexpected server error; the message is generic and the service log has the details",
+    503: "the worker already holds BODY_BUDGET_MB of request bodies: answered before the body is read, with "
+         "`Connection: close`; retry after `Retry-After` seconds",
 }
+_ERROR_HEADERS = {401: {"WWW-Authenticate": {"$ref": "#/components/headers/WwwAuthenticate"}},
+                  503: {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}}
 
 
 def _response(description: str, content: dict | None = None, headers: dict | None = None) -> dict:
@@ -49,8 +53,7 @@ def _errors(*codes: int, v2: bool = False) -> dict:
     """Error responses: the service's ``{"error": {"code", "message"}}``, or ``{"error": "..."}`` under /v2."""
     responses = {}
     for code in codes:
-        headers = {"WWW-Authenticate": {"$ref": "#/components/headers/WwwAuthenticate"}} if code == 401 else None
-        responses[str(code)] = _json("V2Error" if v2 else "Error", _ERROR_TEXTS[code], headers)
+        responses[str(code)] = _json("V2Error" if v2 else "Error", _ERROR_TEXTS[code], _ERROR_HEADERS.get(code))
     return responses
 
 
@@ -111,7 +114,7 @@ def _paths(max_batch: int) -> dict:
                 {"Inference-Header-Content-Length": {
                     "description": "the JSON header's length in bytes; only on an application/octet-stream answer",
                     "schema": {"type": "integer", "minimum": 1}}}),
-             **_errors(400, 401, 404, 408, 413, 415, 500, v2=True)},
+             **_errors(400, 401, 404, 408, 413, 415, 500, 503, v2=True)},
             params,
             description=f"At most {max_batch} images (MAX_BATCH) per request.",
             requestBody={
@@ -138,7 +141,7 @@ def _paths(max_batch: int) -> dict:
             {"200": _json({"oneOf": [{"$ref": SCHEMAS + "PredictResponse"},
                                      {"$ref": SCHEMAS + "BatchPredictResponse"}]},
                           "predictions: `predictions` for one image, `results` (in upload order) for several"),
-             **_errors(400, 401, 404, 408, 413, 415, 500)},
+             **_errors(400, 401, 404, 408, 413, 415, 500, 503)},
             predict_params,
             description="Multipart field `img` (repeat it to classify several images as one batch, at most "
                         f"{max_batch}), or the raw image as the body (image/*, application/octet-stream, or no "
@@ -324,7 +327,9 @@ def build_spec(max_upload_mb: float, max_batch: int, max_pixels: int) -> dict:
                               "description": "the request's id: the client's X-Request-ID when it was a sane "
                                              "token, else a generated one; the service's log lines show it"},
                 "WwwAuthenticate": {"required": True, "schema": {"type": "string", "pattern": "^Bearer"},
-                                    "description": "the scheme to authenticate with"}},
+                                    "description": "the scheme to authenticate with"},
+                "RetryAfter": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                               "description": "seconds to wait before sending the request again"}},
         },
     }
 

@@ -1,9 +1,12 @@
-"""Reading a request body within the service's limits, for every protocol: size, then time.
+"""Reading a request body within the service's limits, for every protocol: size, memory, then time.
 
 Size: at most MAX_CONTENT_LENGTH bytes (MAX_UPLOAD_MB), or a smaller limit a protocol knows is the
 most a legal request can need; declared or chunked, the body is refused with 413 before more is
-read. Time: READ_TIMEOUT without a byte, or REQUEST_TIMEOUT in all, and the answer is 408 (the
-deadlines themselves are in serving/worker.py and serving/deadlines.py).
+read. Memory: the body's bytes are reserved in the worker's BODY_BUDGET_MB before they are read (by
+Content-Length, else step by step as a chunked body arrives), and a body that does not fit is
+answered 503 at once (serving/body_budget.py). Time: READ_TIMEOUT without a byte, or REQUEST_TIMEOUT
+in all, and the answer is 408 (the deadlines themselves are in serving/worker.py and
+serving/deadlines.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import time
 from flask import current_app, g, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from serving.deadlines import BodyTimeout, body_deadline
+from serving import body_budget
+from serving.deadlines import BodyTimeout, body_deadline, let_others_run
 from serving.errors import ApiError
 
 
@@ -29,21 +33,32 @@ def read_body(limit: int | None = None, why: str = "") -> bytes:
         limit, too_large = current_app.config["MAX_CONTENT_LENGTH"], RequestEntityTooLarge()
     else:
         too_large = ApiError(413, f"request body is larger than {limit:,} bytes, {why}")
-    if request.content_length is not None and request.content_length > limit:
+    declared = request.content_length
+    if declared is not None and declared > limit:
         raise too_large
+    if declared is not None:
+        body_budget.reserve(declared)  # 503 before a byte of the body is read, when the worker holds too much
     stream = request.stream
     chunks, total = [], 0
     remaining = current_app.config["REQUEST_TIMEOUT"] - (time.monotonic() - g.get("request_started", time.monotonic()))
     try:
         with body_deadline(remaining):
             while True:
-                chunk = stream.read(min(1 << 20, limit + 1 - total))
+                if declared is None:  # chunked: counted by what has arrived, plus what may be read ahead
+                    step = min(body_budget.READ_STEP, limit + 1 - total)
+                    body_budget.reserve(total + body_budget.CHUNKED_AHEAD, large=total + step > body_budget.BODY_SMALL)
+                else:
+                    step = min(1 << 20, limit + 1 - total)
+                chunk = stream.read(step)
                 if not chunk:
+                    if declared is None:
+                        body_budget.reserve(total, large=total > body_budget.BODY_SMALL)  # what it holds now
                     return b"".join(chunks)
                 chunks.append(chunk)
                 total += len(chunk)
                 if total > limit:
                     raise too_large
+                let_others_run()  # what gunicorn read ahead of this chunk is part of the reserved body
     except (BodyTimeout, TimeoutError, ClientDisconnected) as exc:
         if isinstance(exc, ClientDisconnected) and not isinstance(exc.__context__, TimeoutError):
             raise  # the client really went away (Werkzeug hides the socket timeout behind this exception)

@@ -58,9 +58,11 @@ def stall_in_headers(server) -> socket.socket:
 
 
 def stall_in_body(server, sent: bytes = b"--b\r\n") -> socket.socket:
+    # 100 KB declared: the 100 stalled bodies stay well inside each worker's BODY_BUDGET_MB, so the deadlines
+    # are what ends them (bodies past the budget get 503 at once: tests/test_serving_admission.py)
     sock = connect(server)
     sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() +
-                 b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n" + sent)
+                 b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n" + sent)
     return sock
 
 

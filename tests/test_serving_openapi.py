@@ -33,7 +33,7 @@ MAX_UPLOAD_MB = 1
 TOKEN = "openapi-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Headers the service itself sets (not Flask's Content-Type and the like): each must be documented where sent.
-SERVICE_HEADERS = ("X-Request-ID", "WWW-Authenticate", "Inference-Header-Content-Length")
+SERVICE_HEADERS = ("X-Request-ID", "WWW-Authenticate", "Inference-Header-Content-Length", "Retry-After")
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,9 @@ STATES: dict[str, Callable] = {
     "model not warmed": lambda app, patch: patch.setattr(app.extensions["model_registry"].models["dwsep"],
                                                          "warmed", False),
     "model failing": lambda app, patch: patch.setattr(LoadedModel, "run", _onnxruntime_fails),
+    # the worker's BODY_BUDGET_MB is all taken by other requests' bodies
+    "body budget full": lambda app, patch: patch.setattr(app.extensions["body_budget"], "in_flight",
+                                                         app.extensions["body_budget"].total),
 }
 
 
@@ -138,6 +141,7 @@ CASES = [
     Case("POST", "/predict", 401, lambda jpeg: form(jpeg), "token required"),
     Case("POST", "/predict", 401, lambda jpeg: {**form(jpeg), "headers": {"Authorization": "Bearer nope"}},
          "token required"),
+    Case("POST", "/predict", 503, lambda jpeg: form(jpeg), "body budget full"),
     Case("POST", "/predict?model=nope", 404, lambda jpeg: form(jpeg)),
     Case("POST", "/predict", 408, lambda jpeg: stalled("image/jpeg")),
     Case("POST", "/predict", 413, lambda jpeg: form(*[jpeg] * (MAX_BATCH + 1))),
@@ -181,6 +185,7 @@ CASES = [
         Case("POST", f"{model}/infer", 413, lambda jpeg: tensor_request(jpeg, MAX_BATCH + 1)),
         Case("POST", f"{model}/infer", 415, lambda jpeg: raw(b"{}", "text/plain")),
         Case("POST", f"{model}/infer", 500, tensor_request, "model failing"),
+        Case("POST", f"{model}/infer", 503, tensor_request, "body budget full"),
     )],
 ]
 
