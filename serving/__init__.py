@@ -11,7 +11,7 @@ Where things are. A request passes through
     -> request_body.py + deadlines.py (body within size and time limits)
     -> a protocol adapter: api.py (``/predict`` multipart or raw image; multipart.py parses)
        or kserve.py (Open Inference Protocol v2 tensors)
-    -> inference.py, the one core both adapters call: uploads.py decodes each upload to 32x32 RGB,
+    -> inference.py, the one core both adapters call: common/images.py decodes each upload to 32x32 RGB,
        models.py runs the ONNX model, top-k; metrics.py times each step.
 Errors become JSON in errors.py. Models come from model_files.py (MODELS_DIR's bytes, read once by
 the gunicorn master) and are checked against ``common.contract`` in models.py. config.py reads and

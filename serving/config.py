@@ -30,6 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from common.images import MAX_PIXELS
+from common.machine import usable_cpus
+
 MIB = 1024 * 1024
 # BODY_BUDGET_MB (serving/body_budget.py): bodies over BODY_SMALL bytes may fill only this share of it.
 BODY_SMALL = MIB
@@ -38,14 +41,6 @@ BODY_LARGE_SHARE = 3 / 4
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names the variable and the bad value."""
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (respects taskset/cgroup CPU affinity where the OS reports it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def default_intra_op_threads(workers: int) -> int:
@@ -221,7 +216,7 @@ class Settings:
         "a body is read; a body that would exceed it gets 503 with `Retry-After` at once. Bodies over 1 MiB "
         "may fill three quarters of it, the rest is kept for small requests; at least 4/3 x `MAX_UPLOAD_MB`")
     max_image_pixels: int = setting(
-        Int(1), 64_000_000,
+        Int(1), MAX_PIXELS,
         "largest decoded image (width x height); a larger one gets 413 before its pixels are decoded")
     max_request_pixels: int = setting(
         Int(1), 128_000_000,
