@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: serve dev test lint bench lock lock-check clean image image-test k8s-manifests
+.PHONY: serve dev test lint bench lock lock-check clean docs docs-check image image-test k8s-manifests
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ serve: $(VENV)/.serve-installed
 
 dev: $(VENV)/.dev-installed
 
-test: $(VENV)/.dev-installed lock-check
+test: $(VENV)/.dev-installed lock-check docs-check
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	$(MAKE) image-test
@@ -59,6 +59,15 @@ image-test: $(VENV)/.serve-installed
 k8s-manifests: $(VENV)/.dev-installed
 	$(BIN)/python tools/k8s_manifests.py render --image $(IMAGE) --out $(K8S_OUT) \
 		$(if $(STORAGE_URI),--storage-uri $(STORAGE_URI))
+
+# Every table of figures in README.md and docs/*.md, between `<!-- generated: NAME -->` lines, is written by
+# export/report.py from weights/MANIFEST.json, benchmarks/results/*.json and docs/runs/ (standard library only:
+# no venv needed). `make docs` rewrites them; `make docs-check` (run by `make test`) fails while a page differs.
+docs:
+	$(PYTHON) -m export.report
+
+docs-check:
+	$(PYTHON) -m export.report --check
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

@@ -1,6 +1,6 @@
 """The service's settings: one table (serving/config.py), one parser per type, one parse per process tree.
 
-- the README's settings table is the code's table, row for row;
+- docs/serving.md's settings table is the code's table, row for row;
 - a bound is applied to the number, not its spelling: BATCH_WAIT_MS and DRAIN_SECONDS (both ">= 0")
   take "0.00" alike, and every "> 0" setting refuses it;
 - a bad value of any type is refused with one line naming the variable; under gunicorn that line is
@@ -26,20 +26,20 @@ from test_serving_support import GUNICORN, ROOT, Gunicorn, free_port, models_dir
 from serving import config
 from serving.config import ConfigError, Settings
 
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "serving.md"  # the settings table lives there; the README links to it
 BEGIN = "<!-- settings table:"
 END = "<!-- end of settings table -->"
 
 
-def readme_table() -> str:
-    text = README.read_text()
+def page_table() -> str:
+    text = PAGE.read_text()
     start = text.index("\n", text.index(BEGIN)) + 1
     return text[start:text.index(END)]
 
 
-def test_the_readme_settings_table_is_the_code_table():
-    assert readme_table() == config.markdown_table(), (
-        "README.md's settings table differs from serving/config.py: paste the output of "
+def test_the_documented_settings_table_is_the_code_table():
+    assert page_table() == config.markdown_table(), (
+        "docs/serving.md's settings table differs from serving/config.py: paste the output of "
         "`python -m serving.config` between its markers")
 
 

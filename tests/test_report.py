@@ -1,0 +1,199 @@
+"""export/report.py (`make docs`, `make docs-check`): every table of figures in README.md and docs/ is written from
+weights/MANIFEST.json, benchmarks/results/ and docs/runs/.
+
+- the committed pages are what the generator writes, and `make test` checks that;
+- a figure edited by hand inside a block, or typed by hand outside one, fails the check, naming page and block;
+- every accuracy of the manifest (fp32 and int8) is on a page;
+- a block whose source is missing is a one-line error, except the pretrained trade-off, which says it was not run;
+- the generator needs no torch, and reads the served file's figures as export.package does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pages_text(root: Path = ROOT) -> str:
+    return "\n".join(p.read_text() for p in report.pages(root))
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A copy of what the generator reads and writes: the pages, the manifest, the results, the runs, the
+    cluster manifests."""
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    shutil.copytree(ROOT / "benchmarks" / "results", tmp_path / "benchmarks" / "results")
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    (tmp_path / "weights").mkdir()
+    shutil.copy(ROOT / "weights" / "MANIFEST.json", tmp_path / "weights" / "MANIFEST.json")
+    return tmp_path
+
+
+def check(root: Path, capsys) -> tuple[int, str, str]:
+    code = report.main(["--check", "--root", str(root)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_committed_pages_are_what_the_generator_writes(capsys):
+    code, out, err = check(ROOT, capsys)
+    assert code == 0, f"run `make docs`:\n{out}{err}"
+    assert out == ""
+
+
+def test_make_test_runs_the_docs_check():
+    makefile = (ROOT / "Makefile").read_text()
+    test_rule = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "docs-check" in test_rule
+    assert "-m export.report --check" in makefile.split("\ndocs-check:", 1)[1].split("\n\n", 1)[0]
+
+
+def test_a_figure_edited_by_hand_inside_a_block_fails_the_check(repo, capsys):
+    manifest = json.loads((repo / "weights" / "MANIFEST.json").read_text())
+    default = manifest["models"][manifest["default_model"]]
+    shown = report.pct(report.served_accuracy(default))
+    readme = repo / "README.md"
+    text = readme.read_text()
+    start = text.index("<!-- generated: models ")
+    assert shown in text[start:]
+    edited = text[:start] + text[start:].replace(shown, "99.99%", 1)
+    readme.write_text(edited)
+    code, out, _ = check(repo, capsys)
+    assert code == 1
+    assert out.splitlines() == ["README.md: block 'models' differs from its sources (weights/MANIFEST.json)"]
+    # `make docs` puts the figure back, and the check passes again
+    assert report.main(["--root", str(repo)]) == 0
+    assert readme.read_text() == text
+    assert check(repo, capsys)[0] == 0
+
+
+def test_a_changed_source_fails_the_check_on_every_page_that_shows_it(repo, capsys):
+    path = repo / "benchmarks" / "results" / "accuracy_vs_minutes_cpu.json"
+    data = json.loads(path.read_text())
+    data["points"][0]["test_acc_tta"] = 0.5
+    path.write_text(json.dumps(data))
+    code, out, _ = check(repo, capsys)
+    assert code == 1 and out.splitlines() == [
+        "docs/benchmarks.md: block 'accuracy-vs-minutes' differs from its sources "
+        "(benchmarks/results/accuracy_vs_minutes_cpu.json)"]
+
+
+def test_a_figure_typed_by_hand_outside_a_block_fails_the_check(repo, capsys):
+    page = repo / "docs" / "models.md"
+    page.write_text(page.read_text() + "\nThe best model reaches 93.12% and 1,234 images/s.\n")
+    code, out, _ = check(repo, capsys)
+    assert code == 1
+    lines = out.splitlines()
+    assert len(lines) == 2 and all(line.startswith("docs/models.md:") for line in lines)
+    assert "'93.12%' typed by hand" in lines[0] and "'1,234 images/s' typed by hand" in lines[1]
+
+
+def test_every_accuracy_of_the_manifest_is_on_a_page():
+    text = pages_text()
+    manifest = json.loads((ROOT / "weights" / "MANIFEST.json").read_text())
+    missing = []
+    for name, entry in manifest["models"].items():
+        figures = [entry["test_accuracy"]]
+        if isinstance(entry.get("int8"), dict) and entry["int8"].get("test_accuracy") is not None:
+            figures.append(entry["int8"]["test_accuracy"])
+        missing += [f"{name}: {report.pct(f)}" for f in figures if report.pct(f) not in text]
+    assert not missing
+
+
+@pytest.mark.parametrize("remove, block", [
+    ("benchmarks/results/time_to_accuracy_cpu.json", "time-to-accuracy"),
+    ("weights/MANIFEST.json", "models"),
+])
+def test_a_missing_source_is_a_one_line_error(repo, capsys, remove, block):
+    (repo / remove).unlink()
+    code, out, err = check(repo, capsys)
+    assert code == 2 and out == ""
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and f"block {block!r}" in err and f"{remove} is missing" in err
+
+
+def test_a_missing_family_of_results_is_a_one_line_error(repo, capsys):
+    for path in (repo / "benchmarks" / "results").glob("int8*.json"):
+        path.unlink()
+    code, _, err = check(repo, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "block 'int8'" in err and "benchmarks/results/int8*.json matches no file" in err
+
+
+def test_a_malformed_source_is_a_one_line_error(repo, capsys):
+    path = repo / "benchmarks" / "results" / "slow_clients.json"
+    data = json.loads(path.read_text())
+    del data["runs"][0]["healthz"]
+    path.write_text(json.dumps(data))
+    code, _, err = check(repo, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "block 'slow-clients'" in err and "KeyError" in err
+
+
+def test_the_pretrained_tradeoff_says_whether_it_was_run(repo, capsys):
+    result = repo / "benchmarks" / "results" / "pretrained_tradeoff.json"
+    result.unlink(missing_ok=True)
+    assert report.main(["--root", str(repo)]) == 0
+    text = (repo / "docs" / "benchmarks.md").read_text()
+    assert "Not run yet: `benchmarks/results/pretrained_tradeoff.json` does not exist" in text
+    assert "python benchmarks/pretrained_tradeoff.py" in text
+    run = {"run": "lite0_64", "arch": "efficientnet_lite0", "resolution": 64, "epochs": 8, "train_minutes": 41.5,
+           "exports": [{"tta": "none", "fp32": {"test_accuracy": 0.8912, "single_images_per_s": 512.3},
+                        "int8": {"test_accuracy": 0.8301, "single_images_per_s": 530.0}}]}
+    result.write_text(json.dumps({"command": "python benchmarks/pretrained_tradeoff.py runs/lite0_64",
+                                  "date": "2026-12-05", "runs": [run]}))
+    assert check(repo, capsys)[0] == 1  # the page still says "not run"
+    assert report.main(["--root", str(repo)]) == 0
+    text = (repo / "docs" / "benchmarks.md").read_text()
+    assert "Not run yet" not in text
+    assert "| `lite0_64` | `efficientnet_lite0` | 64 px | 8 | 41.5 | none | 89.12% | 512 | 83.01% | 530 |" in text
+
+
+def test_broken_markers_are_one_line_errors(repo, capsys):
+    page = repo / "docs" / "models.md"
+    text = page.read_text()
+    page.write_text(text + "\n<!-- generated: models -->\n<!-- end generated: models -->\n")
+    code, _, err = check(repo, capsys)
+    assert code == 2 and "block 'models' is already on README.md" in err
+    page.write_text(text + "\n<!-- generated: no-such-block -->\n<!-- end generated: no-such-block -->\n")
+    code, _, err = check(repo, capsys)
+    assert code == 2 and "unknown block 'no-such-block'" in err
+    page.write_text(text.replace("<!-- end generated: runs -->", ""))
+    code, _, err = check(repo, capsys)
+    assert code == 2 and "block 'runs' has no line '<!-- end generated: runs -->'" in err
+    markers = ("<!-- generated: seed-spread", "<!-- end generated: seed-spread")
+    page.write_text("\n".join(line for line in text.split("\n") if not line.startswith(markers)))
+    code, _, err = check(repo, capsys)
+    assert code == 2 and "no page holds the block(s) seed-spread" in err
+
+
+def test_the_generator_needs_no_torch():
+    code = ("import sys, export.report; bad = {'torch', 'numpy', 'onnx', 'onnxruntime'} & set(sys.modules); "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+def test_the_served_figures_are_the_ones_export_package_uses():
+    package = pytest.importorskip("export.package", reason="export.package needs torch: make dev")
+    manifest = json.loads((ROOT / "weights" / "MANIFEST.json").read_text())
+    for entry in manifest["models"].values():
+        assert report.served_accuracy(entry) == package.served_figures(entry)["test_accuracy"]
+        assert report.served_single_images_per_s(entry) == package.single_images_per_s(entry)
+        assert report.served_sha256(entry) == package.served_sha256(entry)
+    assert report.default_by_rule(manifest)[2] == package.choose_default(manifest["models"])[0]
+
+
+def test_the_readme_is_a_front_door():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
