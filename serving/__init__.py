@@ -42,6 +42,19 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'serving' has no attribute {name!r}")
 
 
+DISTRIBUTION = "cifar10-classifier"  # pyproject.toml's project name
+
+
+def service_version() -> str:
+    """The installed project's version (pyproject.toml), which ``/models`` and ``/metrics`` report."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The WSGI app with every model in MODELS_DIR loaded, verified and warmed up.
 

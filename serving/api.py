@@ -15,7 +15,7 @@ from typing import NamedTuple
 from flask import Blueprint, current_app, jsonify, request
 
 from common.images import to_png
-from serving import inference, lifecycle, multipart
+from serving import inference, lifecycle, multipart, service_version
 from serving.errors import ApiError
 from serving.request_body import read_body
 
@@ -122,7 +122,7 @@ def predict():
 @bp.get("/models")
 def list_models():
     reg = inference.registry()
-    return jsonify(default_model=reg.default_name,
+    return jsonify(version=service_version(), default_model=reg.default_name,
                    models=[{**reg.models[name].describe(), "default": name == reg.default_name}
                            for name in reg.names])
 

@@ -27,6 +27,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from serving import service_version
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -42,6 +44,9 @@ QUEUE_WAIT = Histogram("cifar10_inference_queue_wait_seconds", "Time a request w
                        ["model"], buckets=(0.0001, 0.00025, 0.0005, *LATENCY_BUCKETS))
 INFERENCE_LATENCY = Histogram("cifar10_inference_duration_seconds", "onnxruntime session.run time",
                               ["model"], buckets=LATENCY_BUCKETS)
+BUILD_INFO = Gauge("cifar10_build_info", "Always 1; the service's release in the label", ["version"],
+                   multiprocess_mode="max")
+BUILD_INFO.labels(service_version()).set(1)
 DECODE_LATENCY = Histogram("cifar10_image_decode_duration_seconds", "Time to turn one upload into 32x32 RGB",
                            buckets=LATENCY_BUCKETS)
 IMAGE_ERRORS = Counter("cifar10_rejected_images", "Uploads refused, by reason", ["reason"])

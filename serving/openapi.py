@@ -213,7 +213,8 @@ _SCHEMAS = {
                                                "properties": {"filename": _NULLABLE_STRING,
                                                               "predictions": _PREDICTIONS,
                                                               "input_png": _INPUT_PNG}}}}},
-    "ModelList": {"type": "object", "required": ["default_model", "models"], "properties": {
+    "ModelList": {"type": "object", "required": ["version", "default_model", "models"], "properties": {
+        "version": {"type": "string", "description": "the service's release (pyproject.toml, CHANGELOG.md)"},
         "default_model": {"type": "string"},
         "models": {"type": "array", "items": {"type": "object", "required": [
         "name", "arch", "classes", "test_accuracy", "cpu_images_per_s", "single_images_per_s", "tta", "precision",

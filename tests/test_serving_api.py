@@ -284,7 +284,10 @@ def test_an_unexpected_failure_is_a_generic_500_without_details(app, client, jpe
 
 
 def test_models_lists_names_classes_accuracy_and_file_hashes(client, weights):
+    from importlib.metadata import version
+
     body = client.get("/models").get_json()
+    assert body["version"] == version("cifar10-classifier")  # the release, as pyproject.toml gives it
     assert body["default_model"] == "dwsep"
     by_name = {m["name"]: m for m in body["models"]}
     assert set(by_name) == {"dwsep", "tutorial"}
@@ -438,6 +441,9 @@ def test_metrics_count_requests_by_endpoint_model_and_status(client, jpegs):
     assert 'cifar10_http_request_duration_seconds_bucket{endpoint="/predict",le="0.1",model="dwsep"}' in text
     assert 'cifar10_inference_batch_size_bucket{le="1.0",model="dwsep"}' in text
     assert "nope" not in text  # label values never come from the request
+    from importlib.metadata import version
+
+    assert f'cifar10_build_info{{version="{version("cifar10-classifier")}"}} 1.0' in text
 
 
 def test_web_page_and_its_assets_are_served(client):

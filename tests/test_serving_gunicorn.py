@@ -145,6 +145,13 @@ def test_bad_input_over_http_gets_4xx_json_and_the_workers_survive(server):
 
 
 def test_metrics_are_summed_across_workers(server, jpegs):
+    from importlib.metadata import version
+
+    build = requests.get(server.url + "/metrics", timeout=10).text
+    # one series for the release, whatever the number of workers (the gauge's "max" across processes)
+    assert re.findall(r"^cifar10_build_info\{.*$", build, re.M) == [
+        f'cifar10_build_info{{version="{version("cifar10-classifier")}"}} 1.0']
+
     def predictions_counted() -> float:
         text = requests.get(server.url + "/metrics", timeout=10).text
         pattern = r'cifar10_http_requests_total\{endpoint="/predict",method="POST",model="dwsep",status="200"\} (\S+)'
