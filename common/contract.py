@@ -61,6 +61,11 @@ INT8_SUFFIX = ".int8"
 INT8_MAX_DROP_POINTS = 0.3
 
 
+# The largest image (width x height) decoded: the service's MAX_IMAGE_PIXELS default and training's limit for
+# class-folder data sets (common.images). Here, not in common.images, so that the gunicorn master can read
+# its settings' defaults without loading Pillow and numpy.
+MAX_IMAGE_PIXELS = 64_000_000
+
 # How every speed figure of the manifest is measured, by export.package and export.quantize alike: the first
 # THROUGHPUT_IMAGES test images (cycled where there are fewer), batched in THROUGHPUT_BATCH on every core, or
 # one image per call on one onnxruntime thread (how the service answers a lone request).

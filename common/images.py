@@ -68,12 +68,14 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, JpegImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
+from common.contract import MAX_IMAGE_PIXELS
+
 SIZE = 32
 RESAMPLE = Image.Resampling.BICUBIC
 REDUCING_GAP = 3.0
 MIB = 1024 * 1024
 MAX_DECODE_BYTES = 128 * MIB  # one image's decoding memory; keeps a worker near 300 MiB RSS (see above)
-MAX_PIXELS = 64_000_000  # the largest image decoded: the service's MAX_IMAGE_PIXELS default, training's limit
+MAX_PIXELS = MAX_IMAGE_PIXELS  # the largest image decoded by default (common.contract)
 # Formats whose readers parse only headers in open(), in the order Pillow should try them.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "PPM")
 _BAND_PIXELS = 1 << 20  # pixels converted at once while shrinking: a few MiB

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from common.images import MAX_PIXELS
+from common.contract import MAX_IMAGE_PIXELS
 from common.machine import usable_cpus
 
 MIB = 1024 * 1024
@@ -216,7 +216,7 @@ class Settings:
         "a body is read; a body that would exceed it gets 503 with `Retry-After` at once. Bodies over 1 MiB "
         "may fill three quarters of it, the rest is kept for small requests; at least 4/3 x `MAX_UPLOAD_MB`")
     max_image_pixels: int = setting(
-        Int(1), MAX_PIXELS,
+        Int(1), MAX_IMAGE_PIXELS,
         "largest decoded image (width x height); a larger one gets 413 before its pixels are decoded")
     max_request_pixels: int = setting(
         Int(1), 128_000_000,
