@@ -374,8 +374,16 @@ def test_keyboard_only_tab_to_the_file_control_open_it_choose_a_model_and_topk(o
     assert page.evaluate("document.activeElement.id") == "file"
     assert page.eval_on_selector("#drop", "zone => zone.matches(':focus-within')")
     assert page.eval_on_selector("#drop", "zone => getComputedStyle(zone).outlineStyle") != "none"  # focus shows
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(2):  # a loaded machine sometimes loses the first key press; a second must open it
+        try:
+            with page.expect_file_chooser(timeout=15_000) as chooser:
+                page.keyboard.press("Enter")
+            break
+        except PlaywrightTimeout:
+            assert attempt == 0, "Enter on the focused file control opened no file chooser, twice"
+            assert page.evaluate("document.activeElement.id") == "file"
     chooser.value.set_files(str(path))
     assert_answer_shown(page, server.url, name, data)
     page.keyboard.press("Tab")
