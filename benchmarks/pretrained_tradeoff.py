@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.files import write_json  # noqa: E402
+from common.machine import cpu_name  # noqa: E402
 from export import ExportError  # noqa: E402
 from export.onnx import export_checkpoint  # noqa: E402
 from export.quantize import quantize_model  # noqa: E402
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json(args.out, {
         "command": "python benchmarks/pretrained_tradeoff.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.now(UTC).date().isoformat(), "cpu": platform.processor() or platform.machine(),
+        "date": datetime.now(UTC).date().isoformat(), "cpu": cpu_name(),
         "cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
         "dataset": "CIFAR-10, JPEG-q75 copy, all 10,000 test images", "runs": results})
     plot(results, args.out.with_suffix(".png"))

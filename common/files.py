@@ -7,6 +7,7 @@ file is removed if anything fails.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -52,3 +53,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj, *, sort_keys: bool = True) -> None:
     """``obj`` as indented JSON; keys sorted unless ``sort_keys`` is False (keep the writer's order)."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

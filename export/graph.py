@@ -16,9 +16,11 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+from onnx import numpy_helper
 
 from common.contract import BATCH_DIM, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUTS
 from common.text import first_line
@@ -50,11 +52,19 @@ class ServableModel(nn.Module):
         return logits, logits.softmax(dim=1)
 
 
-def export_graph(model: nn.Module, mean, std, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Trace ``model`` (eval mode) with its preprocessing into an ONNX model with a dynamic batch."""
+def export_graph(model: nn.Module, mean, std, opset: int = DEFAULT_OPSET,
+                 fp16_weights: bool = False) -> onnx.ModelProto:
+    """Trace ``model`` (eval mode) with its preprocessing into an ONNX model with a dynamic batch.
+
+    ``fp16_weights``: the model's weights are fp16 values (an ensemble's, ``training.ensemble``) and the
+    file stores them so (``store_fp16``). BatchNorm is then not folded into the convolutions by the
+    exporter (that would make new fp32 values, not fp16 ones); onnxruntime folds it when it loads the file.
+    """
     if opset not in OPSETS:
         raise ExportError(f"opset {opset} is not supported: choose {OPSETS.start}..{OPSETS.stop - 1}")
     servable = ServableModel(model, mean, std).eval()
+    # EVAL folds BatchNorm into the convolutions; PRESERVE (the model is in eval mode) keeps the stored values
+    mode = torch.onnx.TrainingMode.PRESERVE if fp16_weights else torch.onnx.TrainingMode.EVAL
     example = torch.zeros((2, *IMAGE_SHAPE), dtype=torch.uint8)  # batch 2: a batch of 1 can get folded
     buffer = io.BytesIO()
     dynamic = {name: {0: BATCH_DIM} for name in (INPUT_NAME, *OUTPUTS)}
@@ -62,17 +72,46 @@ def export_graph(model: nn.Module, mean, std, opset: int = DEFAULT_OPSET) -> onn
         with warnings.catch_warnings(), torch.no_grad():
             warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy TorchScript exporter"
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # PRESERVE on a model in eval mode folds no parameter; the warning is for models in training mode
+            warnings.filterwarnings("ignore", message="It is recommended that constant folding be turned off")
             torch.onnx.export(servable, (example,), buffer, input_names=[INPUT_NAME], output_names=list(OUTPUTS),
                               dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
-                              training=torch.onnx.TrainingMode.EVAL, dynamo=False)
+                              training=mode, dynamo=False)
     except Exception as exc:  # the exporter raises many types (ValueError, RuntimeError, its own errors)
         raise ExportError(f"torch.onnx.export failed at opset {opset}: {first_line(exc)}") from None
     proto = onnx.load_from_string(buffer.getvalue())
+    if fp16_weights:
+        store_fp16(proto)
     proto.producer_name = "cifar10-classifier export.onnx"
     proto.doc_string = (f"CIFAR-10 classifier. Input '{INPUT_NAME}': uint8 RGB [{BATCH_DIM}, 32, 32, 3], "
                         f"normalization inside. Outputs '{OUTPUTS[0]}' and '{OUTPUTS[1]}': float32 [{BATCH_DIM}, "
                         f"{NUM_CLASSES}]; class names, provenance and parity figures in metadata_props.")
     return proto
+
+
+def store_fp16(proto: onnx.ModelProto, min_elements: int = 16) -> int:
+    """Store each float32 initializer that fp16 holds exactly (every value survives the round trip) as fp16,
+    read back through a Cast to float32: the graph computes the same numbers from half the bytes.
+
+    Returns how many initializers changed. onnxruntime folds the Casts when it loads the file, so the
+    speed is that of the fp32 file. Small tensors (under ``min_elements``) stay as they are.
+    """
+    casts = []
+    for initializer in proto.graph.initializer:
+        if initializer.data_type != onnx.TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(initializer)
+        half = values.astype(np.float16)
+        if values.size < min_elements or not np.array_equal(half.astype(np.float32), values):
+            continue
+        name = initializer.name
+        initializer.CopyFrom(numpy_helper.from_array(half, f"{name}_fp16"))
+        casts.append(onnx.helper.make_node("Cast", [f"{name}_fp16"], [name], name=f"{name}_to_fp32",
+                                           to=onnx.TensorProto.FLOAT))
+    nodes = casts + list(proto.graph.node)  # a Cast before every reader: the graph stays topologically sorted
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return len(casts)
 
 
 def check_graph(proto: onnx.ModelProto) -> None:

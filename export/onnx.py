@@ -24,7 +24,6 @@ Exit status: 0 ok, 1 parity failed, 2 bad input (unreadable checkpoint, data or 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -36,7 +35,7 @@ import torch
 
 import training.tta
 from common.contract import INT8_MAX_DROP_POINTS, NO_TTA
-from common.files import write_bytes, write_json
+from common.files import file_sha256, write_bytes, write_json
 from export import ExportError, ParityError
 from export.graph import DEFAULT_OPSET, check_graph, export_graph
 from export.metadata import build_metadata, set_metadata
@@ -59,14 +58,6 @@ def report_path(out_path: str | os.PathLike, suffix: str = ".parity.json") -> Pa
     """``weights/x.onnx`` -> ``weights/x.parity.json``."""
     out_path = Path(out_path)
     return out_path.with_name(out_path.name.removesuffix(".onnx") + suffix)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike | None = None, *,
@@ -107,7 +98,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     else:
         (images, labels), source = first_test_images(cifar, parity_images), "cifar10-test"
 
-    proto = export_graph(model, ckpt["mean"], ckpt["std"], opset)
+    proto = export_graph(model, ckpt["mean"], ckpt["std"], opset, fp16_weights=stores_fp16(ckpt))
     check_graph(proto)
     measured = proto.SerializeToString()
     parity = measure_parity(model, ckpt["mean"], ckpt["std"], measured, images, labels, source=source,
@@ -148,6 +139,11 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     if int8 or triton_repo:
         write_json(report_path(out_path), report)
     return report
+
+
+def stores_fp16(ckpt) -> bool:
+    """Whether the checkpoint's weights are fp16 (an ensemble's): its ONNX file then stores them so too."""
+    return any(v.dtype == torch.float16 for v in ckpt["state_dict"].values())
 
 
 def check_tta(mode: str) -> str:

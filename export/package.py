@@ -64,10 +64,10 @@ from common.contract import (
     THROUGHPUT_BATCH,
     int8_preferred,
 )
-from common.files import write_json
+from common.files import file_sha256, write_json
 from common.paths import REPO_ROOT, repo_relative, repo_relative_command
 from export import ExportError
-from export.onnx import check_tta, export_checkpoint, file_sha256
+from export.onnx import check_tta, export_checkpoint
 from export.onnx_accuracy import EvaluationError
 from export.quantize import images_per_second, int8_path, quantize_model, single_image_rate
 from export.sample_images import timing_images
@@ -208,7 +208,7 @@ def package_run(run: str | os.PathLike, name: str, stage: StagedWeights, cifar: 
         "torch_version": ckpt.get("torch_version"), "device_name": ckpt.get("device_name", "cpu"),
         "precision": run_args.precision,
         "threads": run_args.threads,  # None: a run from before --threads, on every CPU thread
-        "train_seconds": round(sum(m.get("epoch_seconds", 0.0) for m in metrics), 1),
+        "train_seconds": round(sum(m.get("epoch_seconds", 0.0) for m in metrics) or ckpt.get("train_seconds", 0.0), 1),
         "cpu_images_per_s": round(images_per_second(session, timing), 1),
         "cpu_throughput_note": f"onnxruntime CPUExecutionProvider, batches of {THROUGHPUT_BATCH}, "
                                f"{os.cpu_count()} cores, onnxruntime {ort.__version__}",

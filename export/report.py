@@ -167,7 +167,10 @@ def served_single_images_per_s(entry: dict) -> float | None:
 def training_data(entry: dict) -> str:
     label = entry.get("pretrained")
     text = f"**{label}**" if label else "from scratch (CIFAR-10 only)"
-    teacher = (entry.get("recipe") or {}).get("teacher")
+    recipe = entry.get("recipe") or {}
+    if recipe.get("members"):  # an ensemble (training.ensemble): its members say how each was trained
+        text = f"{text}; ensemble of " + " + ".join(code(m) for m in recipe["members"])
+    teacher = recipe.get("teacher")
     return f"{text}; distilled from {code(teacher)}" if teacher else text
 
 
@@ -250,8 +253,9 @@ def block_models_training(src: Sources) -> str:
     rows = []
     for name, e in sorted(manifest["models"].items()):
         evidence = e.get("run_evidence")
-        run = (f"[{evidence}/]({src.link(evidence)}/): [accuracy]({src.link(evidence)}/accuracy.png), "
-               f"[loss]({src.link(evidence)}/loss.png)" if evidence else "-")
+        plots = [f"[{plot}]({src.link(evidence)}/{plot}.png)" for plot in ("accuracy", "loss")
+                 if evidence and src.exists(f"{evidence}/{plot}.png")]  # an ensemble's folder holds its log only
+        run = f"[{evidence}/]({src.link(evidence)}/)" + (": " + ", ".join(plots) if plots else "") if evidence else "-"
         how = ", ".join(filter(None, [e.get("precision") or "precision not recorded",
                                       f"{e['threads']} thread(s)" if e.get("threads") else "threads not recorded",
                                       e.get("device_name")]))
@@ -812,11 +816,12 @@ def block_pretrained_tradeoff(src: Sources) -> str:
     rows = []
     for r in need(d, "runs", TRADEOFF):
         for e in r["exports"]:
-            rows.append([code(r["run"]), code(r["arch"]), f"{r.get('resolution')} px", str(r["epochs"]),
+            rows.append([code(r["run"]), code(r.get("recipe_name") or r["arch"]), f"{r.get('resolution')} px",
+                         str(r["epochs"]),
                          f"{r['train_minutes']:.1f}", e["tta"], pct(e["fp32"]["test_accuracy"]),
                          rate(e["fp32"]["single_images_per_s"]), pct(e["int8"]["test_accuracy"]),
                          rate(e["int8"]["single_images_per_s"])])
-    text = table(["run", "model", "resolution", "epochs", "training minutes", "TTA", "fp32 accuracy",
+    text = table(["run", "recipe", "resolution", "epochs", "training minutes", "TTA", "fp32 accuracy",
                   "fp32 single images/s", "int8 accuracy", "int8 single images/s"], rows, right={3, 4, 6, 7, 8, 9})
     text += "\n\n" + header(d, TRADEOFF)
     png = TRADEOFF.removesuffix(".json") + ".png"

@@ -1,13 +1,14 @@
 """ImageNet-pretrained EfficientNet-Lite0: its weights land where they belong, or loading fails loudly.
 
 Export parity of the in-graph upsampling is covered with every other registered model in
-test_export.py (``efficientnet_lite0`` is in ``list_models()``).
+test_export.py (``efficientnet_lite0`` is in ``list_models()``, with its recipe's TTA), and here without TTA.
 """
 
 from __future__ import annotations
 
 import random
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -122,3 +123,21 @@ def test_frozen_blocks_keep_their_weights_and_statistics_while_the_rest_trains()
     assert not torch.equal(before["head.0.weight"], after["head.0.weight"])
     assert not torch.equal(before[f"blocks.{frozen}.depthwise.1.running_mean"],
                            after[f"blocks.{frozen}.depthwise.1.running_mean"])
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_the_upsampling_model_exports_with_and_without_tta(tta, tmp_path, cifar):
+    """The resolution change inside the model must not cost the exported graph its [batch, 10] outputs (ONNX
+    shape inference loses the batch through Resize), whatever test-time augmentation wraps it; parity holds."""
+    from export.onnx import export_checkpoint
+    from training.checkpoint import atomic_save, make_checkpoint
+    from training.recipes import HALF
+
+    torch.manual_seed(0)
+    recipe = RECIPES["efficientnet_lite0_64"]
+    model = create_model("efficientnet_lite0", resolution=40).eval()  # small: the test is about the graph
+    path = tmp_path / "lite0.pt"
+    atomic_save(make_checkpoint(model, replace(recipe, model_kwargs={"resolution": 40}), *HALF), path)
+    report = export_checkpoint(path, tmp_path / "lite0.onnx", data=cifar, parity_images=32, tta=tta,
+                               log=lambda _: None)
+    assert report["passed"] and report.get("tta", "none") == tta

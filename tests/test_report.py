@@ -145,7 +145,7 @@ def test_the_pretrained_tradeoff_says_whether_it_was_run(repo, capsys):
     result = repo / "benchmarks" / "results" / "pretrained_tradeoff.json"
     result.unlink(missing_ok=True)
     assert report.main(["--root", str(repo)]) == 0
-    text = (repo / "docs" / "benchmarks.md").read_text()
+    text = (repo / "README.md").read_text()
     assert "Not run yet: `benchmarks/results/pretrained_tradeoff.json` does not exist" in text
     assert "python benchmarks/pretrained_tradeoff.py" in text
     run = {"run": "lite0_64", "arch": "efficientnet_lite0", "resolution": 64, "epochs": 8, "train_minutes": 41.5,
@@ -155,7 +155,7 @@ def test_the_pretrained_tradeoff_says_whether_it_was_run(repo, capsys):
                                   "date": "2026-12-05", "runs": [run]}))
     assert check(repo, capsys)[0] == 1  # the page still says "not run"
     assert report.main(["--root", str(repo)]) == 0
-    text = (repo / "docs" / "benchmarks.md").read_text()
+    text = (repo / "README.md").read_text()
     assert "Not run yet" not in text
     assert "| `lite0_64` | `efficientnet_lite0` | 64 px | 8 | 41.5 | none | 89.12% | 512 | 83.01% | 530 |" in text
 

@@ -11,7 +11,7 @@ import torch
 
 from export.metadata import read_metadata
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.models import count_parameters
+from training.models import count_parameters, model_info
 from training.recipes import RECIPES
 from training.tta import with_tta
 
@@ -49,10 +49,25 @@ def test_files_match_the_manifest_and_fit_16_mib(name):
     assert entry["complete"] == (entry["epochs"] == entry["epochs_planned"])
     for key in ("command", "torch_version", "device_name", "train_seconds", "date", "recipe", "per_class_accuracy"):
         assert entry[key], key
-    assert entry["recipe_name"] in RECIPES and RECIPES[entry["recipe_name"]].model == entry["arch"]
+    if model_info(entry["arch"]).trainable:
+        assert entry["recipe_name"] in RECIPES and RECIPES[entry["recipe_name"]].model == entry["arch"]
+    else:  # an ensemble: built from shipped models, by name, in its recipe
+        assert entry["recipe"]["members"]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [n for n in MODELS if "members" in MANIFEST["models"][n]["recipe"]])
+def test_an_ensemble_is_built_from_the_very_checkpoints_shipped(name):
+    """Each member is a packaged model whose checkpoint is the file the ensemble was built from: re-package a
+    member and the ensemble must be built again."""
+    members = load_checkpoint(WEIGHTS / MANIFEST["models"][name]["checkpoint"])["model_kwargs"]["members"]
+    assert [m["name"] for m in members] == MANIFEST["models"][name]["recipe"]["members"]
+    for member in members:
+        assert member["name"] in MANIFEST["models"], f"{member['name']} is not shipped"
+        assert member["checkpoint_sha256"] == MANIFEST["models"][member["name"]]["checkpoint_sha256"], \
+            f"{member['name']} was packaged again after {name} was built: build it again (training.ensemble)"
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if model_info(MANIFEST["models"][n]["arch"]).trainable])
 def test_published_curves_come_from_the_run_that_made_the_weights(name):
     entry = MANIFEST["models"][name]
     folder = ROOT / entry["run_evidence"]

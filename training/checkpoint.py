@@ -20,7 +20,7 @@ import torch.nn as nn
 from common.files import atomic_write
 from common.text import first_line
 from training.data import CLASSES
-from training.models import UnknownArchitectureError, create_model, model_info
+from training.models import UnknownArchitectureError, create_model, model_info, saved_kwargs
 
 FORMAT = "cifar10-classifier/1"
 # Needed only to continue training: a shipped checkpoint leaves them out.
@@ -58,6 +58,7 @@ class Checkpoint(_Model, total=False):
     scheduler: dict
     lookahead: dict | None
     rng: dict
+    train_seconds: float  # a model built from trained ones (an ensemble): their training time; it has no epochs
 
 
 @dataclass
@@ -165,15 +166,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     """The checkpoint's model in eval mode, on the CPU."""
-    kwargs = {k: _as_tuples(v) for k, v in ckpt.get("model_kwargs", {}).items()}
+    kwargs = saved_kwargs(ckpt.get("model_kwargs", {}))
     model = create_model(ckpt["arch"], **kwargs)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"state dict does not fit model {ckpt['arch']!r}: {first_line(exc)}") from None
     return model.eval()
-
-
-def _as_tuples(value):
-    """Model kwargs stored as lists (JSON-like) back into the tuples the constructors take."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -129,10 +129,14 @@ class EfficientNetLite(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
         x = self.head(self.blocks(self.stem(x)))
-        return self.classifier(self.dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
+        # The batch taken from the input, not the Resize: ONNX shape inference loses it through the upsampling,
+        # and the exported graph must state its outputs' [batch, 10] (export.graph.check_graph).
+        x = F.adaptive_avg_pool2d(x, 1).reshape(batch, self.classifier.in_features)
+        return self.classifier(self.dropout(x))
 
     def imagenet_names(self) -> dict[str, str]:
         """EfficientNet-PyTorch's module prefix -> this module's, for every layer the weights file fills."""
