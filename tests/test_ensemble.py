@@ -150,5 +150,9 @@ def test_bad_members_are_one_line_errors(members, ensemble_run, tmp_path, capsys
     assert ensemble_main([str(members[0]), str(ensemble_run / "best.pt"), "--out", str(tmp_path / "y")]) == 2
     assert "ensemble itself" in capsys.readouterr().err
     assert not (tmp_path / "one").exists() and not (tmp_path / "y" / "best.pt").exists()
+    (tmp_path / "a-file").write_text("not a folder")
+    assert ensemble_main([*map(str, members), "--out", str(tmp_path / "a-file")]) == 2
+    err = capsys.readouterr().err
+    assert "a-file" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(CheckpointError):
         build_ensemble([members[0]])

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data:
             measure_accuracy(ckpt, args.checkpoints, args.data, out.parent)
         atomic_save(ckpt, out)
-    except (CheckpointError, DataError, ValueError) as exc:
+    except (CheckpointError, DataError, ValueError, OSError) as exc:  # OSError: --out cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{ARCH} of {', '.join(ckpt['recipe']['members'])} -> {out}")
