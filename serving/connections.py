@@ -66,26 +66,22 @@ class TrackedSocket(gsocket.socket):
     __slots__ = ("connection", "table")
 
     def recv(self, *args):
-        conn = self.connection
-        if conn.state is not IDLE:
-            return super().recv(*args)
-        if not conn.reading:
-            self.table.waiting_for_request(conn)
-        data = super().recv(*args)
-        if data and conn.state is IDLE:
-            self.table.headers_began(conn)
-        return data
+        return self._read(super().recv, args)
 
     def recv_into(self, *args):
+        return self._read(super().recv_into, args)
+
+    def _read(self, read, args):
+        """``read(*args)`` (recv or recv_into), telling the table when an idle connection starts a request."""
         conn = self.connection
         if conn.state is not IDLE:
-            return super().recv_into(*args)
+            return read(*args)
         if not conn.reading:
             self.table.waiting_for_request(conn)
-        count = super().recv_into(*args)
-        if count and conn.state is IDLE:
+        result = read(*args)  # bytes from recv, a count from recv_into: either is false at the end of the stream
+        if result and conn.state is IDLE:
             self.table.headers_began(conn)
-        return count
+        return result
 
     def end_stream(self) -> None:
         """Shut the connection down (FIN) so that the greenlet waiting in recv() reads the end of the stream

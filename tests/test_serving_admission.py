@@ -386,13 +386,18 @@ def limited(soft: int, hard: int):
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_the_open_file_limit_is_raised_to_the_hard_limit_and_logged(weights, tmp_path):
-    service = Gunicorn(tmp_path / "gunicorn.log", MODELS_DIR=str(weights), WORKERS="1")
-    log = open(service.log_path, "wb")  # noqa: SIM115
+def start_with_file_limit(service: Gunicorn, soft: int, hard: int) -> None:
+    """Start ``service`` (not yet started) under an open-file limit of ``soft``/``hard``."""
+    log = open(service.log_path, "wb")  # noqa: SIM115 - the service's log, closed by service.stop()
     service.proc = subprocess.Popen([str(GUNICORN), "--config", "serving/gunicorn.conf.py", "serving:create_app()"],
                                     cwd=ROOT, env=service.env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=limited(1024, 4096))
+                                    start_new_session=True, preexec_fn=limited(soft, hard))
     service._log = log
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit_and_logged(weights, tmp_path):
+    service = Gunicorn(tmp_path / "gunicorn.log", MODELS_DIR=str(weights), WORKERS="1")
+    start_with_file_limit(service, 1024, 4096)
     try:
         service.wait_ready()
         assert "open-file limit 4096 (was 1024; hard limit 4096)" in service.log()
@@ -421,11 +426,7 @@ def test_the_default_connection_limit_is_lowered_to_what_the_file_limit_holds(we
     still starts, with fewer connections per worker and a warning saying why."""
     service = Gunicorn(tmp_path / "gunicorn.log", MODELS_DIR=str(weights), WORKERS="1")
     service.env.pop("WORKER_CONNECTIONS", None)
-    log = open(service.log_path, "wb")  # noqa: SIM115
-    service.proc = subprocess.Popen([str(GUNICORN), "--config", "serving/gunicorn.conf.py", "serving:create_app()"],
-                                    cwd=ROOT, env=service.env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=limited(1024, 1024))
-    service._log = log
+    start_with_file_limit(service, 1024, 1024)
     try:
         service.wait_ready()
         assert "WORKER_CONNECTIONS lowered from its default 1000 to 896: the open-file limit (1024)" in service.log()
