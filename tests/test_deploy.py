@@ -57,6 +57,15 @@ def test_every_manifest_validates_strictly_against_the_pinned_kubernetes():
     assert len(lines) == len(kinds)
 
 
+def validate_broken(tmp_path, kind: str, breakage):
+    """The committed manifest of this kind, broken one way, written out and validated."""
+    document = copy.deepcopy(the(kind))
+    breakage(document)
+    path = tmp_path / f"{kind.lower()}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return run_validate(path)
+
+
 @pytest.mark.parametrize("breakage, message", [
     (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readynessProbe={}), "readynessProbe"),
     (lambda d: d["spec"]["template"]["spec"]["containers"][0]["resources"].update(limit={"cpu": "2"}), "'limit'"),
@@ -72,11 +81,7 @@ def test_every_manifest_validates_strictly_against_the_pinned_kubernetes():
      or d["spec"]["template"]["spec"]["containers"][0]["env"][-1].pop("valueFrom"), "Secret"),
 ])
 def test_a_wrong_deployment_is_refused(tmp_path, breakage, message):
-    deployment = copy.deepcopy(the("Deployment"))
-    breakage(deployment)
-    path = tmp_path / "deployment.yaml"
-    path.write_text(yaml.safe_dump(deployment))
-    done = run_validate(path)
+    done = validate_broken(tmp_path, "Deployment", breakage)
     assert done.returncode == 1 and "FAIL" in done.stdout and message in done.stdout, done.stdout
 
 
@@ -90,11 +95,7 @@ def test_a_wrong_deployment_is_refused(tmp_path, breakage, message):
     (lambda d: d["spec"]["predictor"]["model"].update(storageUri="triton/"), "storageUri"),
 ])
 def test_a_wrong_inference_service_is_refused(tmp_path, breakage, message):
-    service = copy.deepcopy(the("InferenceService"))
-    breakage(service)
-    path = tmp_path / "inferenceservice.yaml"
-    path.write_text(yaml.safe_dump(service))
-    done = run_validate(path)
+    done = validate_broken(tmp_path, "InferenceService", breakage)
     assert done.returncode == 1 and message in done.stdout, done.stdout
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-import training.augment as augment
 from training.augment import Augment, jpeg_round_trip, upload_resize
 
 
@@ -41,10 +40,9 @@ def test_probability_picks_a_share_of_the_batch():
 
 
 @pytest.mark.parametrize("quality", [40, 75, 90])
-def test_jpeg_round_trip_loses_what_pillows_jpeg_loses(quality, monkeypatch):
-    monkeypatch.setattr(augment, "UPLOAD_JPEG_QUALITY", (quality, quality))
+def test_jpeg_round_trip_loses_what_pillows_jpeg_loses(quality):
     x = smooth_images(32, seed=1)
-    ours = jpeg_round_trip(x, 1.0)
+    ours = jpeg_round_trip(x, 1.0, (quality, quality))
     pillow = []
     for img in (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy():
         buffer = io.BytesIO()
@@ -67,7 +65,21 @@ def test_resize_round_trip_is_near_the_original_but_not_equal():
 def test_recipe_field_is_validated_and_applied_last():
     with pytest.raises(ValueError, match="probabilities"):
         Augment(upload_jpeg=1.5)
+    with pytest.raises(ValueError, match="qualities"):
+        Augment(upload_jpeg=0.5, upload_jpeg_quality=(60, 40))
+    assert Augment(upload_jpeg_quality=[30, 95]).upload_jpeg_quality == (30, 95)  # as read back from JSON
     torch.manual_seed(0)
     x = smooth_images(8)
     out = Augment(flip=True, upload_resize=1.0, upload_jpeg=1.0).before_normalize(x)
     assert out.shape == x.shape and torch.equal((out * 255).round(), out * 255)
+
+
+def test_recipe_quality_range_sets_how_hard_the_re_save_is():
+    x = smooth_images(32, seed=2)
+
+    def damage(qualities):
+        torch.manual_seed(0)
+        out = Augment(upload_jpeg=1.0, upload_jpeg_quality=qualities).before_normalize(x)
+        return ((out - x).abs().mean() * 255).item()
+
+    assert damage((10, 10)) > 2 * damage((95, 95)) > 0

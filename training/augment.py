@@ -30,7 +30,8 @@ class Augment:
     cutout: int = 0                # side of a square zeroed (after normalization) at a random place
     # What the upload path does to an image (common/images.py), applied last, to this share of the images:
     upload_resize: float = 0.0     # enlarged 1.5-10x by a client's filter, then shrunk back as the service does
-    upload_jpeg: float = 0.0       # saved as JPEG at a random quality (UPLOAD_JPEG_QUALITY), then decoded
+    upload_jpeg: float = 0.0       # saved as JPEG at a random quality, then decoded
+    upload_jpeg_quality: tuple[int, int] = (40, 95)  # the qualities drawn from, uniformly, both ends included
 
     def __post_init__(self):
         if self.pad_mode not in ("constant", "reflect"):
@@ -41,6 +42,10 @@ class Augment:
             raise ValueError("alternating_flip needs flip=True")
         if not (0.0 <= self.upload_resize <= 1.0 and 0.0 <= self.upload_jpeg <= 1.0):
             raise ValueError("upload_resize and upload_jpeg are probabilities, in [0, 1]")
+        object.__setattr__(self, "upload_jpeg_quality", tuple(self.upload_jpeg_quality))  # a list from JSON
+        low, high = self.upload_jpeg_quality
+        if not 1 <= low <= high <= 100:
+            raise ValueError("upload_jpeg_quality is a (low, high) range of JPEG qualities within 1..100")
 
     def before_normalize(self, x: torch.Tensor, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``flip_mask`` (N,) bool: which images to flip, for ``alternating_flip`` (else drawn at random)."""
@@ -55,7 +60,7 @@ class Augment:
         if self.upload_resize:
             x = upload_resize(x, self.upload_resize)
         if self.upload_jpeg:
-            x = jpeg_round_trip(x, self.upload_jpeg)
+            x = jpeg_round_trip(x, self.upload_jpeg, self.upload_jpeg_quality)
         return x
 
     def after_normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +160,6 @@ def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
 
 UPLOAD_SCALES = (1.5, 10.0)  # how much larger than 32x32 clients send an image (their own resize)
 UPLOAD_FILTERS = ("nearest", "bilinear", "bicubic", "area")  # the filters their software resizes with
-UPLOAD_JPEG_QUALITY = (40, 95)
 
 
 def _to_8_bits(x: torch.Tensor) -> torch.Tensor:
@@ -216,7 +220,7 @@ def _blockwise(plane: torch.Tensor, tables: torch.Tensor, dct: torch.Tensor) -> 
     return restored.permute(0, 1, 3, 2, 4).reshape(n, h, w)
 
 
-def jpeg_round_trip(x: torch.Tensor, probability: float) -> torch.Tensor:
+def jpeg_round_trip(x: torch.Tensor, probability: float, quality_range: tuple[int, int] = (40, 95)) -> torch.Tensor:
     """A random share of the batch through JPEG compression at per-image random qualities, in tensor ops on
     x's device: JFIF colour conversion, 4:2:0 chroma subsampling, 8x8 DCT quantized with the standard's
     tables at libjpeg's quality scaling, and back. What a re-saved upload loses, without an encoder; entropy
@@ -228,7 +232,7 @@ def jpeg_round_trip(x: torch.Tensor, probability: float) -> torch.Tensor:
     if chosen.numel() == 0:
         return x
     work = x[chosen].float()
-    low, high = UPLOAD_JPEG_QUALITY
+    low, high = quality_range
     quality = torch.randint(low, high + 1, (len(chosen),), device=x.device).float()
     dct = _dct_matrix(x.device, work.dtype)
     to_ycc = torch.tensor(_RGB_TO_YCBCR, device=x.device, dtype=work.dtype)
