@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+UPLOAD_JPEG_QUALITY = (40, 95)  # the JPEG qualities a re-saved upload is drawn from, unless a recipe says otherwise
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -31,7 +33,7 @@ class Augment:
     # What the upload path does to an image (common/images.py), applied last, to this share of the images:
     upload_resize: float = 0.0     # enlarged 1.5-10x by a client's filter, then shrunk back as the service does
     upload_jpeg: float = 0.0       # saved as JPEG at a random quality, then decoded
-    upload_jpeg_quality: tuple[int, int] = (40, 95)  # the qualities drawn from, uniformly, both ends included
+    upload_jpeg_quality: tuple[int, int] = UPLOAD_JPEG_QUALITY  # drawn from uniformly, both ends included
 
     def __post_init__(self):
         if self.pad_mode not in ("constant", "reflect"):
@@ -220,7 +222,8 @@ def _blockwise(plane: torch.Tensor, tables: torch.Tensor, dct: torch.Tensor) -> 
     return restored.permute(0, 1, 3, 2, 4).reshape(n, h, w)
 
 
-def jpeg_round_trip(x: torch.Tensor, probability: float, quality_range: tuple[int, int] = (40, 95)) -> torch.Tensor:
+def jpeg_round_trip(x: torch.Tensor, probability: float,
+                    quality_range: tuple[int, int] = UPLOAD_JPEG_QUALITY) -> torch.Tensor:
     """A random share of the batch through JPEG compression at per-image random qualities, in tensor ops on
     x's device: JFIF colour conversion, 4:2:0 chroma subsampling, 8x8 DCT quantized with the standard's
     tables at libjpeg's quality scaling, and back. What a re-saved upload loses, without an encoder; entropy
