@@ -33,6 +33,7 @@ import onnxruntime as ort  # noqa: E402
 
 from common.contract import INPUT_NAME, LOGITS  # noqa: E402
 from common.files import write_json  # noqa: E402
+from common.inference import cpu_session  # noqa: E402
 from common.paths import repo_relative, repo_relative_command  # noqa: E402
 from export.onnx_accuracy import predict  # noqa: E402
 from export.quantize import quantize_file  # noqa: E402
@@ -66,11 +67,10 @@ def measure(path: Path, cifar, seconds: float) -> dict:
         row: dict = {"model": path.stem, "fp32_file": repo_relative(path),
                      "quantize_seconds": round(quantize_seconds, 1)}
         for kind, file in (("fp32", path), ("int8", int8_file)):
-            scoring = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+            scoring = cpu_session(file)
             row[f"{kind}_accuracy"] = round(float((predict(scoring, cifar.test_images, 250)
                                                    == cifar.test_labels).mean()), 4)
-            served = ort.InferenceSession(str(file), sess_options=session_options(1),
-                                          providers=["CPUExecutionProvider"])
+            served = cpu_session(file, session_options(1))
             row[f"{kind}_images_per_s_batch1"] = round(images_per_second(served, cifar.test_images, 1, seconds), 1)
             row[f"{kind}_images_per_s_batch16"] = round(images_per_second(served, cifar.test_images, 16, seconds), 1)
             row[f"{kind}_file_bytes"] = file.stat().st_size

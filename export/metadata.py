@@ -56,9 +56,9 @@ def set_metadata(proto: onnx.ModelProto, props: dict[str, str]) -> None:
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """An exported file's metadata with the JSON keys decoded (via onnxruntime, no onnx needed)."""
-    import onnxruntime as ort
+    from common.inference import cpu_session  # onnxruntime's settings for the process follow its first session
 
-    raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    raw = cpu_session(path).get_modelmeta().custom_metadata_map
     return decode(raw)
 
 

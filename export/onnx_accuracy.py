@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from common.contract import INPUT_NAME, INPUT_ORT_TYPE, LOGITS, NO_TTA, MetadataKey
 from common.files import write_json
+from common.inference import cpu_session
 from common.paths import repo_relative
 from common.text import first_line
 from export.sample_images import Data, first_test_images, require_data
@@ -37,7 +38,7 @@ def open_session(path: str | os.PathLike) -> ort.InferenceSession:
     if not os.path.isfile(path):
         raise EvaluationError(f"model not found: {path}")
     try:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return cpu_session(path)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
         raise EvaluationError(f"{path} is not a loadable ONNX model: {first_line(exc)}") from None
 

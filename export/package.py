@@ -65,6 +65,7 @@ from common.contract import (
     int8_preferred,
 )
 from common.files import file_sha256, write_json
+from common.inference import cpu_session
 from common.paths import REPO_ROOT, repo_relative, repo_relative_command
 from export import ExportError
 from export.onnx import check_tta, export_checkpoint
@@ -181,7 +182,7 @@ def package_run(run: str | os.PathLike, name: str, stage: StagedWeights, cifar: 
         if path.stat().st_size >= MAX_FILE_BYTES:
             raise ExportError(f"{path} is {path.stat().st_size / 2**20:.1f} MiB, over the 16 MiB limit")
     measured = parity["cases"]["images"]
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path)
     timing = timing_images(cifar)
     metrics = last.get("metrics", [])
     run_args = RunArgs.of(ckpt)
@@ -243,7 +244,7 @@ def remeasure_speed(entry: dict, weights: Path, timing: np.ndarray) -> None:
     """Measure ``entry``'s files again (in place): batched images/s of the ONNX file, its one-image rate and,
     where an int8 copy is shipped, that copy's batched and one-image rates."""
     onnx_path = weights / entry["onnx"]
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path)
     entry["cpu_images_per_s"] = round(images_per_second(session, timing), 1)
     entry["cpu_measured"] = datetime.now(UTC).date().isoformat()
     int8 = entry.get("int8")
@@ -252,8 +253,7 @@ def remeasure_speed(entry: dict, weights: Path, timing: np.ndarray) -> None:
     int8["fp32_single_images_per_s"] = round(single_image_rate(onnx_path, timing), 1)
     if int8.get("onnx") and (weights / int8["onnx"]).is_file():
         int8_file = weights / int8["onnx"]
-        int8["cpu_images_per_s"] = round(images_per_second(
-            ort.InferenceSession(str(int8_file), providers=["CPUExecutionProvider"]), timing), 1)
+        int8["cpu_images_per_s"] = round(images_per_second(cpu_session(int8_file), timing), 1)
         int8["single_images_per_s"] = round(single_image_rate(int8_file, timing), 1)
         int8["single_image_speedup"] = round(int8["single_images_per_s"] / int8["fp32_single_images_per_s"], 3)
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from common.contract import INPUT_NAME, OUTPUTS
+from common.inference import cpu_session
 from common.text import first_line
 from export import ExportError
 from export.onnx_accuracy import accuracy_report
@@ -88,7 +89,7 @@ def measure_parity(model: nn.Module, mean, std, onnx_model: bytes | str | os.Pat
     if isinstance(onnx_model, (str, os.PathLike)):
         onnx_model = str(onnx_model)
     try:
-        session = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
+        session = cpu_session(onnx_model)
     except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NotImplemented share no useful base class
         raise ExportError(f"onnxruntime cannot load the exported graph: {first_line(exc)}") from None
     cases = {"images": images, **edge_inputs(images)}

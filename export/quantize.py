@@ -28,6 +28,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from common.contract import INPUT_NAME, INT8_MAX_DROP_POINTS, LOGITS, THROUGHPUT_BATCH, MetadataKey
 from common.files import temp_path, write_bytes
+from common.inference import cpu_session, session_options
 from export import ExportError
 from export.metadata import set_metadata
 from export.onnx_accuracy import predict
@@ -79,9 +80,7 @@ def images_per_second(session: ort.InferenceSession, images: np.ndarray, repeats
 
 def single_image_rate(path: str | os.PathLike, images: np.ndarray, seconds: float = 2.0) -> float:
     """Images/s one image per call on one onnxruntime thread: how the service runs a lone request."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = cpu_session(path, session_options(1))
     session.run([LOGITS], {INPUT_NAME: images[:1]})
     best = 0.0
     for _ in range(3):
@@ -109,8 +108,7 @@ def quantize_model(fp32_path: str | os.PathLike, cifar: Cifar10, *, calibration_
     try:
         quantize_file(fp32_path, tmp, draw_calibration_images(cifar, calibration_images))
         images, labels = first_test_images(cifar, test_images)
-        sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                    for name, path in (("fp32", fp32_path), ("int8", tmp))}
+        sessions = {name: cpu_session(path) for name, path in (("fp32", fp32_path), ("int8", tmp))}
         accuracy = {name: float((predict(s, images) == labels).mean()) for name, s in sessions.items()
                     if name == "int8" or fp32_accuracy is None}
         accuracy.setdefault("fp32", fp32_accuracy)

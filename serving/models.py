@@ -43,6 +43,7 @@ from common.contract import (
     MetadataKey,
     int8_preferred,
 )
+from common.inference import session_options as common_session_options
 from common.text import first_line
 from serving import lifecycle
 from serving.model_files import MANIFEST, ModelFiles, ModelLoadError, files_for
@@ -174,9 +175,7 @@ def _parse_accuracy(text: str, path: Path) -> float | None:
 
 
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
+    options = common_session_options(intra_op_threads)
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle intra-op threads must not spin: other workers need those cores.

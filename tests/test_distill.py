@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import training.distill as distill_module
+from training.data import DeviceLoader
 from training.distill import Distillation
 from training.recipes import HALF
 from training.run import main as run_main
@@ -58,6 +59,35 @@ def test_a_tiny_run_calls_the_teacher_on_every_augmented_view(fresh_checkpoint, 
     assert len(teacher_inputs) == len(student_inputs) == 3  # 96 images in batches of 32
     assert all(t is s for t, s in zip(teacher_inputs, student_inputs, strict=True))  # the same augmented views
     assert (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_teacher_kept_from_the_damage_is_shown_the_undamaged_twins(fresh_checkpoint, data_archive, tmp_path,
+                                                                     monkeypatch):
+    """Recipe whitened_vgg_fast_clean_teacher (teacher_sees_damage off): the teacher answers each batch's
+    undamaged twin, not the re-saved, resized copy the student trains on."""
+    teacher_inputs, batches = [], []
+    original_logits, original_iter = Distillation.teacher_logits, DeviceLoader.__iter__
+
+    def recording_logits(self, view):
+        teacher_inputs.append(view)
+        return original_logits(self, view)
+
+    def recording_iter(self):
+        for batch in original_iter(self):
+            batches.append(batch)
+            yield batch
+
+    monkeypatch.setattr(distill_module.Distillation, "teacher_logits", recording_logits)
+    monkeypatch.setattr(DeviceLoader, "__iter__", recording_iter)
+    code = run_main(["--recipe", "whitened_vgg_fast_clean_teacher", "--teacher", str(fresh_checkpoint("tutorial")),
+                     "--data", str(data_archive), "--limit", "96", "--eval-limit", "50", "--val-size", "0",
+                     "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "run"), "--no-progress",
+                     "--threads", "1", "--precision", "fp32"])
+    assert code == 0
+    training_batches = [b for b in batches if len(b) == 3]  # evaluation batches come as (images, labels)
+    assert len(teacher_inputs) == len(training_batches) == 3
+    for view, (damaged, _labels, undamaged) in zip(teacher_inputs, training_batches, strict=True):
+        assert view is undamaged and not torch.equal(damaged, undamaged)
 
 
 def test_a_missing_teacher_is_a_one_line_error(data_archive, tmp_path, capsys):

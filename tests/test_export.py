@@ -334,3 +334,21 @@ def test_onnx_accuracy_reports_accuracy_of_the_file(exported, cifar, tmp_path, c
     assert f"test accuracy {100 * result['accuracy']:.2f}% on {SLICE} images" in stdout
     assert onnx_accuracy_main([str(tmp_path / "missing.onnx"), "--data", os.fspath(cifar.source)]) == 2
     assert capsys.readouterr().err.startswith("error: model not found")
+
+
+def test_subnormal_weights_are_written_as_zero_and_parity_still_holds(fresh_checkpoint, data_archive, tmp_path):
+    """Weight decay leaves weights without gradient subnormal; x86 multiplies those on a slow path (staged_baseline's
+    fp32 file ran 38x slower), so the exported file holds none, and it still agrees with the checkpoint."""
+    ckpt = load_checkpoint(fresh_checkpoint("tutorial"))
+    convs = [k for k, v in ckpt["state_dict"].items() if k.endswith("weight") and v.dim() == 4]
+    weight = ckpt["state_dict"][convs[1]]
+    weight.view(-1)[: weight.numel() // 2] = 1e-39  # half of one layer's weights subnormal
+    atomic_save(ckpt, tmp_path / "decayed.pt")
+    report = export_checkpoint(tmp_path / "decayed.pt", tmp_path / "decayed.onnx", parity_images=64,
+                               data=data_archive, log=lambda _: None)
+    assert report["passed"]
+    tiny = np.finfo(np.float32).tiny
+    for initializer in onnx.load(tmp_path / "decayed.onnx").graph.initializer:
+        values = onnx.numpy_helper.to_array(initializer)
+        if values.dtype == np.float32:
+            assert not ((values != 0) & (np.abs(values) < tiny)).any(), initializer.name

@@ -83,3 +83,36 @@ def test_recipe_quality_range_sets_how_hard_the_re_save_is():
         return ((out - x).abs().mean() * 255).item()
 
     assert damage((10, 10)) > 2 * damage((95, 95)) > 0
+
+
+def _crops(image: torch.Tensor, padding: int) -> torch.Tensor:
+    """Every view random_crop (reflect) and a flip can make of one (3, H, W) image: (2 * (2p+1)^2, 3, H, W)."""
+    _, h, w = image.shape
+    padded = torch.nn.functional.pad(image[None], (padding,) * 4, mode="reflect")[0]
+    views = [padded[:, dy:dy + h, dx:dx + w] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
+    return torch.stack(views + [v.flip(2) for v in views])
+
+
+def test_the_undamaged_twin_is_the_students_view_before_the_upload_damage():
+    """What a distillation teacher is shown with teacher_sees_damage off: each image's very crop, flip and
+    cutout square, without the JPEG re-save the student's copy went through."""
+    from training.data import DeviceLoader
+
+    images = (smooth_images(32, seed=3) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    augment = Augment(crop_padding=4, pad_mode="reflect", flip=True, cutout=12, upload_jpeg=1.0,
+                      upload_jpeg_quality=(30, 30))
+    loader = DeviceLoader(images, np.arange(32), 32, torch.device("cpu"), (0.0,) * 3, (1.0,) * 3, augment,
+                          shuffle=True, undamaged_twin=True)
+    damaged, labels, undamaged = next(iter(loader))
+    assert damaged.shape == undamaged.shape == (32, 3, 32, 32)
+    holes_damaged, holes_undamaged = (damaged == 0).all(1), (undamaged == 0).all(1)
+    assert holes_damaged.any() and torch.equal(holes_damaged, holes_undamaged)  # the same cutout squares
+    originals = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    for i, label in enumerate(labels.tolist()):
+        views = _crops(originals[label], 4)
+        keep = ~holes_undamaged[i]
+        twin_errors = (views - undamaged[i]).abs()[:, :, keep].mean(dim=(1, 2))
+        student_errors = (views - damaged[i]).abs()[:, :, keep].mean(dim=(1, 2))
+        assert twin_errors.min() < 1e-6  # exactly one of the crops and flips of the original: no damage
+        assert student_errors.min() > 0.5 / 255  # the student's copy was re-saved at quality 30
+        assert student_errors.argmin() == twin_errors.argmin()  # and it is the same view

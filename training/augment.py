@@ -51,6 +51,10 @@ class Augment:
 
     def before_normalize(self, x: torch.Tensor, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``flip_mask`` (N,) bool: which images to flip, for ``alternating_flip`` (else drawn at random)."""
+        return self.upload_damage(self.view(x, flip_mask))
+
+    def view(self, x: torch.Tensor, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The geometric and colour augmentations: which view of the image the model sees."""
         if self.crop_padding:
             x = random_crop(x, self.crop_padding, self.pad_mode)
         if self.flip:
@@ -59,14 +63,20 @@ class Augment:
             x = random_rotation(x, self.rotation)
         if self.brightness or self.contrast or self.saturation or self.hue:
             x = color_jitter(x, self.brightness, self.contrast, self.saturation, self.hue)
+        return x
+
+    def upload_damage(self, x: torch.Tensor) -> torch.Tensor:
+        """What the upload path does to a view: resize round trip, JPEG re-save (each to its share of images)."""
         if self.upload_resize:
             x = upload_resize(x, self.upload_resize)
         if self.upload_jpeg:
             x = jpeg_round_trip(x, self.upload_jpeg, self.upload_jpeg_quality)
         return x
 
-    def after_normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return cutout(x, self.cutout) if self.cutout else x
+    def after_normalize(self, x: torch.Tensor, copies: int = 1) -> torch.Tensor:
+        """``copies``: x holds that many stacked copies of one batch (a view and its undamaged twin), which get
+        the same cutout square."""
+        return cutout(x, self.cutout, copies) if self.cutout else x
 
 
 def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
@@ -147,11 +157,14 @@ def _rotate_hue(x: torch.Tensor, radians: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", matrix, x).clamp(0, 1)
 
 
-def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero a size x size square centred at a random pixel (clipped at the border)."""
+def cutout(x: torch.Tensor, size: int, copies: int = 1) -> torch.Tensor:
+    """Zero a size x size square centred at a random pixel (clipped at the border); with ``copies``, x is
+    that many stacked copies of a batch and image i of every copy loses the same square."""
     n, _, h, w = x.shape
-    top = torch.randint(0, h, (n, 1, 1), device=x.device) - size // 2
-    left = torch.randint(0, w, (n, 1, 1), device=x.device) - size // 2
+    if n % copies:
+        raise ValueError(f"cutout: {n} images do not split into {copies} copies")
+    top = (torch.randint(0, h, (n // copies, 1, 1), device=x.device) - size // 2).repeat(copies, 1, 1)
+    left = (torch.randint(0, w, (n // copies, 1, 1), device=x.device) - size // 2).repeat(copies, 1, 1)
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)

@@ -262,7 +262,7 @@ class DeviceLoader:
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
                  mean, std, augment: Augment | None = None, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False):
+                 channels_last: bool = False, undamaged_twin: bool = False):
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.mean = torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
@@ -270,6 +270,11 @@ class DeviceLoader:
         self.batch_size, self.augment, self.shuffle, self.drop_last = batch_size, augment, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.channels_last = seed, rank, world_size, channels_last
         self.epoch = 0
+        # With undamaged_twin each batch comes with the same views before the upload-path damage (same crop,
+        # flip, colour and cutout): a distillation teacher's input, so that its soft targets say what the image
+        # shows rather than what a teacher never trained on damaged uploads makes of it.
+        self.undamaged_twin = undamaged_twin and augment is not None and bool(augment.upload_resize
+                                                                             or augment.upload_jpeg)
         # Alternating flip (airbench): a fixed random half of the images is flipped in even epochs,
         # the other half in odd ones, so every image is seen both ways every two epochs.
         self.flip_parity = None
@@ -305,20 +310,28 @@ class DeviceLoader:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start : start + self.batch_size]
             flip_mask = None if self.flip_parity is None else self.flip_parity[idx] ^ bool(self.epoch % 2)
-            yield self.prepare(self.images[idx], flip_mask), self.labels[idx]
+            if self.undamaged_twin:
+                damaged, undamaged = self.prepare(self.images[idx], flip_mask, twin=True).chunk(2)
+                yield damaged, self.labels[idx], undamaged
+            else:
+                yield self.prepare(self.images[idx], flip_mask), self.labels[idx]
 
     def normalized(self, count: int) -> torch.Tensor:
         """The first ``count`` images, normalized and without augmentation (for data-dependent init)."""
         x = self.images[:count].float().div(255)
         return (x - self.mean) / self.std
 
-    def prepare(self, batch_uint8: torch.Tensor, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def prepare(self, batch_uint8: torch.Tensor, flip_mask: torch.Tensor | None = None,
+                twin: bool = False) -> torch.Tensor:
+        """The batch augmented and normalized; with ``twin``, stacked over the same views without the
+        upload-path damage (2N images)."""
         x = batch_uint8.float().div_(255)
         if self.augment is not None:
-            x = self.augment.before_normalize(x, flip_mask)
+            x = self.augment.view(x, flip_mask)
+            x = torch.cat([self.augment.upload_damage(x), x]) if twin else self.augment.upload_damage(x)
         x = (x - self.mean) / self.std
         if self.augment is not None:
-            x = self.augment.after_normalize(x)
+            x = self.augment.after_normalize(x, copies=2 if twin else 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -5,12 +5,14 @@ A recipe with ``teacher`` (a checkpoint path) trains its model on
     (1 - distill_alpha) * cross_entropy(student, labels) + distill_alpha * T^2 * KL(teacher_T || student_T)
 
 where ``_T`` is a softmax at temperature ``T = distill_temperature`` (Hinton et al., 2015; the T^2 keeps
-the soft term's gradients on the scale of the hard one). The teacher sees exactly the augmented view the
-student sees: the student's normalized batch is turned back into [0, 1] pixels and normalized the teacher's
-way, so any trained model of this project can teach any other. The teacher runs in eval mode, without
-gradients and without its test-time augmentation (one forward pass per batch), in the student's precision:
-with bf16 autocast it costs a third of fp32 on a CPU with BF16 units (whitened_vgg_best, batch 1024, 2 threads:
-1,532 against 476 images/s), and its logits are only a soft target.
+the soft term's gradients on the scale of the hard one). The teacher sees the augmented view the student
+sees: the student's normalized batch is turned back into [0, 1] pixels and normalized the teacher's way, so
+any trained model of this project can teach any other. With the recipe's ``teacher_sees_damage`` off, it sees
+that view before the upload-path damage (resize round trip, JPEG re-save; training/augment.py), so a teacher
+never trained on damaged uploads still says what the image shows (``DeviceLoader``'s undamaged twin).
+The teacher runs in eval mode, without gradients and without its test-time augmentation (one forward pass per
+batch), in the student's precision: with bf16 autocast it costs a third of fp32 on a CPU with BF16 units
+(whitened_vgg_best, batch 1024, 2 threads: 1,532 against 476 images/s), and its logits are only a soft target.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ class Distillation(nn.Module):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return self.teacher(x).float()
 
-    def loss(self, student_input: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
+    def loss(self, teacher_view: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
              hard_loss: torch.Tensor) -> torch.Tensor:
         t = self.temperature
-        soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(self.teacher_logits(student_input) / t,
+        soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(self.teacher_logits(teacher_view) / t,
                         dim=1), reduction="batchmean", log_target=True) * (t * t)
         return (1 - self.alpha) * hard_loss + self.alpha * soft

@@ -125,7 +125,7 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, criterion: nn.Module
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     group_size = 0
-    for i, (x, y) in enumerate(bar):
+    for i, (x, y, *undamaged) in enumerate(bar):
         if i % accum == 0:
             # Images in this optimizer step: the last group of an epoch may hold fewer micro-batches,
             # and its last micro-batch fewer images; each image weighs the same in every step.
@@ -138,7 +138,7 @@ def train_one_epoch(model: nn.Module, loader: DeviceLoader, criterion: nn.Module
                 logits = model(x)
                 loss = criterion(logits.float(), y)
             if distill is not None:  # the soft term in fp32 (the teacher itself runs in the student's precision)
-                loss = distill.loss(x, logits.float(), y, loss)
+                loss = distill.loss(undamaged[0] if undamaged else x, logits.float(), y, loss)
             (loss * (len(y) / group_size)).backward()
         if last_of_group:
             if recipe.grad_clip_value is not None:

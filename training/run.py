@@ -302,7 +302,8 @@ def _build_data(source: str | None, download: bool, plan: RunPlan, procs: Proces
         per_rank = plan.recipe.batch_size // procs.world_size if train else 500
         return DeviceLoader(x, y, per_rank, procs.device, mean, std, plan.recipe.augment if train else None,
                             shuffle=train, drop_last=False, seed=run.seed, rank=procs.rank if train else 0,
-                            world_size=procs.world_size if train else 1, channels_last=plan.precision.channels_last)
+                            world_size=procs.world_size if train else 1, channels_last=plan.precision.channels_last,
+                            undamaged_twin=train and bool(plan.recipe.teacher) and not plan.recipe.teacher_sees_damage)
 
     return Data(train=loader(train_x, train_y, True),
                 val=loader(val[0][evaluated], val[1][evaluated], False) if val else None,
@@ -344,7 +345,9 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
     if recipe.teacher:
         distill = Distillation(recipe.teacher, data.mean, data.std, recipe.distill_temperature, recipe.distill_alpha,
                                procs.device, amp=plan.precision.autocast)
-        procs.say(f"distilling from {recipe.teacher} (T {recipe.distill_temperature}, alpha {recipe.distill_alpha})")
+        shown = "; it sees the views before the upload damage" if data.train.undamaged_twin else ""
+        procs.say(f"distilling from {recipe.teacher} (T {recipe.distill_temperature}, alpha {recipe.distill_alpha}"
+                  f"{shown})")
     return TrainingState(trained, model, optimizer, scheduler, step_count, lookahead, progress, distill)
 
 
