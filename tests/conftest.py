@@ -108,3 +108,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, fresh_checkpoint):
+    """The service tests' models folder: tutorial.onnx, dwsep.onnx and MANIFEST.json, read-only, made once."""
+    from test_serving_support import models_dir
+
+    return models_dir(tmp_path_factory, fresh_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def jpeg(data_archive) -> bytes:
+    """One real CIFAR-10 test image as its JPEG file."""
+    from test_serving_support import cifar_jpegs
+
+    return cifar_jpegs(data_archive, per_class=1)[0][2]

@@ -24,7 +24,7 @@ import time
 
 import pytest
 import requests
-from test_serving_support import GUNICORN, ROOT, Gunicorn, cifar_jpegs, free_port, models_dir
+from test_serving_support import GUNICORN, ROOT, Gunicorn, free_port
 
 from serving.body_budget import BodyBudget
 from serving.config import MIB, ConfigError, Settings
@@ -32,16 +32,6 @@ from serving.config import MIB, ConfigError, Settings
 pytestmark = pytest.mark.slow
 
 LIMIT = 8
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, fresh_checkpoint):
-    return models_dir(tmp_path_factory, fresh_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def jpeg(data_archive) -> bytes:
-    return cifar_jpegs(data_archive, per_class=1)[0][2]
 
 
 def start(weights, folder, **env) -> Gunicorn:

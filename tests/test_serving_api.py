@@ -21,7 +21,6 @@ from test_serving_support import (
     cifar_jpegs,
     copy_models,
     file_sha256,
-    models_dir,
     noise_bytes,
     png_bytes,
     shipped_models,
@@ -32,11 +31,6 @@ from test_serving_support import (
 import serving
 from common import images
 from serving.models import ModelLoadError
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, fresh_checkpoint):
-    return models_dir(tmp_path_factory, fresh_checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import requests
-from test_serving_support import GUNICORN, ROOT, Gunicorn, free_port, models_dir
+from test_serving_support import GUNICORN, ROOT, Gunicorn, free_port
 
 from serving import config
 from serving.config import ConfigError, Settings
@@ -193,11 +192,6 @@ def test_the_master_writes_no_setting_into_the_environment(weights, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"changed": ["PROMETHEUS_MULTIPROC_DIR"], "installed": True, "drain": 0.0}
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, fresh_checkpoint) -> Path:
-    return models_dir(tmp_path_factory, fresh_checkpoint)
 
 
 @pytest.mark.slow

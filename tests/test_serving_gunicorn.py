@@ -22,14 +22,9 @@ import onnxruntime as ort
 import pytest
 import requests
 from PIL import Image
-from test_serving_support import CLASSES, ROOT, Gunicorn, cifar_jpegs, copy_models, models_dir, noise_bytes, png_bytes
+from test_serving_support import CLASSES, ROOT, Gunicorn, cifar_jpegs, copy_models, noise_bytes, png_bytes
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, fresh_checkpoint):
-    return models_dir(tmp_path_factory, fresh_checkpoint)
 
 
 @pytest.fixture(scope="module")

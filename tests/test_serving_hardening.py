@@ -17,23 +17,13 @@ import time
 import pytest
 import requests
 from hostile_images import handmade_png, icon_holding, transparent_palette
-from test_serving_support import Gunicorn, cifar_jpegs, copy_models, models_dir
+from test_serving_support import Gunicorn, copy_models
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "s3cret-token_for.tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STALLED = 100  # connections of each kind held open at once (the requirement)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, fresh_checkpoint):
-    return models_dir(tmp_path_factory, fresh_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def jpeg(data_archive) -> bytes:
-    return cifar_jpegs(data_archive, per_class=1)[0][2]
 
 
 @pytest.fixture(scope="module")

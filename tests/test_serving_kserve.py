@@ -7,14 +7,8 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-from test_serving_support import models_dir
 
 import serving
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, fresh_checkpoint):
-    return models_dir(tmp_path_factory, fresh_checkpoint)
 
 
 @pytest.fixture(scope="module")
