@@ -93,10 +93,9 @@ def export_graph(model: nn.Module, mean, std, opset: int = DEFAULT_OPSET,
 def zero_subnormal_weights(proto: onnx.ModelProto) -> int:
     """Write float32 weights below float32's smallest normal (1.2e-38) as zero; returns how many there were.
 
-    Weight decay drives weights that get no gradient towards zero until they are subnormal, and x86 CPUs
-    multiply subnormals on a slow microcode path: half of staged_baseline's folded weights were, and its file
-    ran 453 images/s (batches of 64, one thread) against 17,437 with them read as zero. Against weights of
-    1e-2 they change no output beyond float rounding; parity is measured on the file as written.
+    Weight decay drives weights that get no gradient towards zero until they are subnormal, which x86 CPUs
+    multiply on a slow path (figures in ``common/inference.py``, whose sessions read any left as zero). Against
+    weights of 1e-2 they change no output beyond float rounding; parity is measured on the file as written.
     """
     zeroed = 0
     for initializer in proto.graph.initializer:
