@@ -147,7 +147,7 @@ def _paths(max_batch: int) -> dict:
                         f"{max_batch}), or the raw image as the body (image/*, application/octet-stream, or no "
                         "Content-Type: the format is read from the bytes). Any "
                         "Pillow-readable format; EXIF orientation applied; converted to RGB; centre square cropped "
-                        "and resized to 32x32 with an antialiasing bicubic filter.",
+                        "and resized to 32x32 with an antialiasing Lanczos filter.",
             requestBody={"required": True, "content": {
                 "multipart/form-data": {"schema": {"type": "object", "required": ["img"], "properties": {
                     "img": {"type": "array", "items": {"type": "string", "format": "binary"}},

@@ -207,6 +207,20 @@ def test_non_square_images_are_centre_cropped_not_squashed():
     np.testing.assert_array_equal(decode(encode(img, "PNG"), MAX), np.broadcast_to(GREEN, (32, 32, 3)))
 
 
+@pytest.mark.parametrize("size", [(300, 200), (200, 300), (97, 61), (1000, 700)])
+def test_the_banded_shrink_gives_pillows_own_resize_of_the_centred_square(size):
+    """The decode crops a margin around the square and box-reduces it in bands to save memory; the pixels must be
+    Pillow's resize of the whole image (its filter reads RESAMPLE_SUPPORT output pixels past the square's edge)."""
+    width, height = size
+    noise = Image.fromarray(np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    side = min(width, height)
+    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    pillow = np.asarray(noise.resize((32, 32), uploads.RESAMPLE, box=box, reducing_gap=uploads.REDUCING_GAP))
+    diff = np.abs(decode(encode(noise, "PNG"), MAX).astype(int) - pillow)
+    # Reduced by 2 first (1000x700), Pillow aligns its reduce box to the whole image, the decode to the margin.
+    assert diff.max() <= (2 if side >= 3 * 2 * 32 else 0)
+
+
 def test_small_images_are_upscaled():
     out = decode(encode(Image.new("RGB", (7, 5), BLUE), "PNG"), MAX)
     np.testing.assert_array_equal(out, np.broadcast_to(BLUE, (32, 32, 3)))
@@ -218,7 +232,7 @@ def test_large_jpeg_decoded_at_reduced_scale_matches_full_decode():
     photo = Image.fromarray(coarse).resize((1600, 1200), Image.Resampling.BICUBIC)
     data = encode(photo, "JPEG", quality=92)
     full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize(
-        (32, 32), Image.Resampling.BICUBIC, box=(200, 0, 1400, 1200))).astype(int)
+        (32, 32), uploads.RESAMPLE, box=(200, 0, 1400, 1200))).astype(int)
     assert np.abs(decode(data, MAX).astype(int) - full).mean() < 4
 
 

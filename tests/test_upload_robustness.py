@@ -85,7 +85,7 @@ def test_nearest_upscale_by_an_integer_factor_holds_and_gives_back_the_original_
         stored = np.asarray(Image.open(io.BytesIO(upload)).convert("RGB"))
         assert stored.shape == (32 * factor, 32 * factor, 3)
         assert np.array_equal(stored[::factor, ::factor], original)  # every block is one original pixel
-        # The service shrinks it back with its antialiased bicubic filter: nearly, not exactly, the original.
+        # The service shrinks it back with its antialiasing filter: nearly, not exactly, the original.
         back = ur.service_decode(upload).astype(np.int16)
         assert np.abs(back - original).mean() < 4.0
         other = decode(selection.files[(selection.files.index(data) + 1) % IMAGES]).astype(np.int16)

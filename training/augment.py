@@ -34,6 +34,10 @@ class Augment:
     upload_resize: float = 0.0     # enlarged 1.5-10x by a client's filter, then shrunk back as the service does
     upload_jpeg: float = 0.0       # saved as JPEG at a random quality, then decoded
     upload_jpeg_quality: tuple[int, int] = UPLOAD_JPEG_QUALITY  # drawn from uniformly, both ends included
+    # Real uploads instead of the tensor model (training/upload_bank.py): this share of the images replaced, before
+    # the crop, by one of upload_bank_copies copies made through real client codecs and the service's decode.
+    upload_bank: float = 0.0
+    upload_bank_copies: int = 4
 
     def __post_init__(self):
         if self.pad_mode not in ("constant", "reflect"):
@@ -42,8 +46,10 @@ class Augment:
             raise ValueError("hue must be in [0, 0.5]")
         if self.alternating_flip and not self.flip:
             raise ValueError("alternating_flip needs flip=True")
-        if not (0.0 <= self.upload_resize <= 1.0 and 0.0 <= self.upload_jpeg <= 1.0):
-            raise ValueError("upload_resize and upload_jpeg are probabilities, in [0, 1]")
+        if not all(0.0 <= p <= 1.0 for p in (self.upload_resize, self.upload_jpeg, self.upload_bank)):
+            raise ValueError("upload_resize, upload_jpeg and upload_bank are probabilities, in [0, 1]")
+        if self.upload_bank_copies < 1:
+            raise ValueError("upload_bank_copies must be >= 1")
         object.__setattr__(self, "upload_jpeg_quality", tuple(self.upload_jpeg_quality))  # a list from JSON
         low, high = self.upload_jpeg_quality
         if not 1 <= low <= high <= 100:
@@ -184,7 +190,8 @@ def _to_8_bits(x: torch.Tensor) -> torch.Tensor:
 def upload_resize(x: torch.Tensor, probability: float) -> torch.Tensor:
     """A random share of the batch enlarged by a random factor with a random filter (one of each per call),
     stored in 8 bits as a client's file is, then shrunk back to the batch's size with antialiased bicubic
-    filtering, as the service's decode does (Pillow's reducing resize; close to it, not bit for bit)."""
+    filtering: close to the service's decode, not bit for bit (it uses Lanczos, which torch's interpolate lacks;
+    training/upload_bank.py runs the service's own decode)."""
     n, _, h, w = x.shape
     chosen = (torch.rand(n, device=x.device) < probability).nonzero().squeeze(1)
     if chosen.numel() == 0:

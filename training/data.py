@@ -36,7 +36,7 @@ from training.augment import Augment
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
-CACHE_FORMAT = 3  # bump when the decoded arrays would change for the same source (3: common.images.decode)
+CACHE_FORMAT = 4  # bump when the decoded arrays would change for the same source (4: Lanczos in common.images)
 CANONICAL_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 
 
@@ -262,8 +262,15 @@ class DeviceLoader:
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
                  mean, std, augment: Augment | None = None, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False, undamaged_twin: bool = False):
+                 channels_last: bool = False, undamaged_twin: bool = False, upload_bank: np.ndarray | None = None):
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
+        # upload_bank (copies, N, H, W, 3) uint8: the images as clients upload them (training/upload_bank.py), of
+        # which the augment's upload_bank share replaces each batch's images before the crop and flip.
+        self.upload_bank = None
+        if upload_bank is not None and augment is not None and augment.upload_bank:
+            if upload_bank.shape[1:] != images.shape:
+                raise ValueError(f"upload bank of shape {upload_bank.shape} does not match images {images.shape}")
+            self.upload_bank = torch.from_numpy(np.ascontiguousarray(upload_bank)).to(device).permute(0, 1, 4, 2, 3)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.mean = torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
@@ -273,8 +280,8 @@ class DeviceLoader:
         # With undamaged_twin each batch comes with the same views before the upload-path damage (same crop,
         # flip, colour and cutout): a distillation teacher's input, so that its soft targets say what the image
         # shows rather than what a teacher never trained on damaged uploads makes of it.
-        self.undamaged_twin = undamaged_twin and augment is not None and bool(augment.upload_resize
-                                                                             or augment.upload_jpeg)
+        self.undamaged_twin = undamaged_twin and augment is not None and bool(
+            augment.upload_resize or augment.upload_jpeg or self.upload_bank is not None)
         # Alternating flip (airbench): a fixed random half of the images is flipped in even epochs,
         # the other half in odd ones, so every image is seen both ways every two epochs.
         self.flip_parity = None
@@ -310,11 +317,37 @@ class DeviceLoader:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start : start + self.batch_size]
             flip_mask = None if self.flip_parity is None else self.flip_parity[idx] ^ bool(self.epoch % 2)
-            if self.undamaged_twin:
+            if self.undamaged_twin and self.upload_bank is not None:
+                yield self._bank_and_twin(idx, flip_mask)
+            elif self.undamaged_twin:
                 damaged, undamaged = self.prepare(self.images[idx], flip_mask, twin=True).chunk(2)
                 yield damaged, self.labels[idx], undamaged
             else:
-                yield self.prepare(self.images[idx], flip_mask), self.labels[idx]
+                yield self.prepare(self.uploaded(idx), flip_mask), self.labels[idx]
+
+    def _bank_and_twin(self, idx: torch.Tensor, flip_mask: torch.Tensor | None):
+        """(uploaded view, labels, the same view of the stored image): the bank's damage comes before the crop,
+        so the twin replays the view's random draws (crop, flip, cutout) on the undamaged images."""
+        uploaded = self.uploaded(idx)
+        device = uploaded.device
+        before = _rng_state(device)
+        view = self.prepare(uploaded, flip_mask)
+        after = _rng_state(device)
+        _set_rng_state(device, before)
+        twin = self.prepare(self.images[idx], flip_mask)
+        _set_rng_state(device, after)
+        return view, self.labels[idx], twin
+
+    def uploaded(self, idx: torch.Tensor) -> torch.Tensor:
+        """The images ``idx`` (uint8), the augment's ``upload_bank`` share of them as one of their bank copies."""
+        batch = self.images[idx]
+        if self.upload_bank is None:
+            return batch
+        n = len(idx)
+        chosen = (torch.rand(n, device=batch.device) < self.augment.upload_bank).nonzero().squeeze(1)
+        copy = torch.randint(0, self.upload_bank.shape[0], (len(chosen),), device=batch.device)
+        batch[chosen] = self.upload_bank[copy, idx[chosen]]  # batch is a gathered copy: the split stays as it is
+        return batch
 
     def normalized(self, count: int) -> torch.Tensor:
         """The first ``count`` images, normalized and without augmentation (for data-dependent init)."""
@@ -335,3 +368,14 @@ class DeviceLoader:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)

@@ -48,6 +48,7 @@ from training.plots import plot_confusion, plot_curves
 from training.recipes import HALF, RECIPES, Recipe, default_recipe
 from training.schedules import Schedule, build_schedule, restore_schedule
 from training.tta import with_tta
+from training.upload_bank import load_bank
 
 WHITENING_IMAGES = 5000  # a data-whitened first layer is fitted to this many training images (airbench)
 
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
     p.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
     p.add_argument("--teacher", help="distil from this checkpoint (override the recipe's teacher)")
+    p.add_argument("--start-from", help="start from this checkpoint's weights, same model (fine-tuning; override "
+                   "the recipe's start_from)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-size", type=int, default=5000,
@@ -140,7 +143,7 @@ def _resolve_recipe(args: argparse.Namespace, resumed: Checkpoint | None) -> Rec
         raise UsageError("--model NAME is required (see --list)")
     try:
         return recipe.replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                              weight_decay=args.weight_decay, teacher=args.teacher)
+                              weight_decay=args.weight_decay, teacher=args.teacher, start_from=args.start_from)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -276,6 +279,9 @@ def _plan_run(args: argparse.Namespace, resumed: Checkpoint | None, procs: Proce
                            recipe_name=args.recipe or recipe.model, **this_invocation)
         out = Path(args.out) if args.out else Path("runs") / recipe.model
         stats = HALF if recipe.normalization == "half" else None
+        if recipe.start_from:  # the weights were fitted to their run's normalization; keep it
+            start = _load_start(recipe)
+            stats = (tuple(start["mean"]), tuple(start["std"]))
         return RunPlan(recipe, run_args, precision, out, stats)
     # A resumed run sees the same data in the same order, normalized the same way.
     run_args = dataclasses.replace(RunArgs.of(resumed), **this_invocation)
@@ -297,13 +303,23 @@ def _build_data(source: str | None, download: bool, plan: RunPlan, procs: Proces
     if run.limit:
         train_x, train_y = train_x[:run.limit], train_y[:run.limit]
     evaluated = slice(None, run.eval_limit)
+    bank = None
+    augment = plan.recipe.augment
+    if augment.upload_bank:  # rank 0 makes and caches it, the others read the cache
+        if procs.is_main:
+            bank = load_bank(train_x, augment.upload_bank_copies, run.seed, say=procs.say)
+        if procs.world_size > 1:
+            dist.barrier()
+        if not procs.is_main:
+            bank = load_bank(train_x, augment.upload_bank_copies, run.seed, say=procs.say)
 
     def loader(x, y, train: bool) -> DeviceLoader:
         per_rank = plan.recipe.batch_size // procs.world_size if train else 500
         return DeviceLoader(x, y, per_rank, procs.device, mean, std, plan.recipe.augment if train else None,
                             shuffle=train, drop_last=False, seed=run.seed, rank=procs.rank if train else 0,
                             world_size=procs.world_size if train else 1, channels_last=plan.precision.channels_last,
-                            undamaged_twin=train and bool(plan.recipe.teacher) and not plan.recipe.teacher_sees_damage)
+                            undamaged_twin=train and bool(plan.recipe.teacher) and not plan.recipe.teacher_sees_damage,
+                            upload_bank=bank if train else None)
 
     return Data(train=loader(train_x, train_y, True),
                 val=loader(val[0][evaluated], val[1][evaluated], False) if val else None,
@@ -325,6 +341,9 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
         except PretrainedWeightsError as exc:
             raise UsageError(str(exc)) from None
         procs.say(f"init: ImageNet-1k weights from {plan.run_args.pretrained}")
+    if recipe.start_from and resumed is None:
+        model.load_state_dict(_load_start(recipe)["state_dict"])
+        procs.say(f"init: the weights of {recipe.start_from}")
     if plan.precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(recipe, model)
@@ -349,6 +368,18 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
         procs.say(f"distilling from {recipe.teacher} (T {recipe.distill_temperature}, alpha {recipe.distill_alpha}"
                   f"{shown})")
     return TrainingState(trained, model, optimizer, scheduler, step_count, lookahead, progress, distill)
+
+
+def _load_start(recipe: Recipe) -> Checkpoint:
+    """The checkpoint a fine-tuning recipe starts from; it must hold the recipe's model."""
+    try:
+        start = load_checkpoint(recipe.start_from)
+    except (OSError, CheckpointError) as exc:
+        raise UsageError(f"cannot start from {recipe.start_from}: {exc}") from None
+    if start["arch"] != recipe.model or start["model_kwargs"] != recipe.model_kwargs:
+        raise UsageError(f"{recipe.start_from} holds {start['arch']} {start['model_kwargs']}, not the recipe's "
+                         f"{recipe.model} {recipe.model_kwargs}")
+    return start
 
 
 def _resume(resumed: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Schedule, plan: RunPlan,
