@@ -204,6 +204,7 @@ class RunPlan:
     precision: Precision
     out: Path
     stats: tuple | None  # (mean, std) fixed before the data is read; None: the training split's own
+    start_weights: dict | None = None  # a fresh run's starting state_dict (the recipe's start_from), read once
 
 
 @dataclass
@@ -281,7 +282,8 @@ def _plan_run(args: argparse.Namespace, resumed: Checkpoint | None, procs: Proce
         stats = HALF if recipe.normalization == "half" else None
         if recipe.start_from:  # the weights were fitted to their run's normalization; keep it
             start = _load_start(recipe)
-            stats = (tuple(start["mean"]), tuple(start["std"]))
+            return RunPlan(recipe, run_args, precision, out, (tuple(start["mean"]), tuple(start["std"])),
+                           start["state_dict"])
         return RunPlan(recipe, run_args, precision, out, stats)
     # A resumed run sees the same data in the same order, normalized the same way.
     run_args = dataclasses.replace(RunArgs.of(resumed), **this_invocation)
@@ -341,8 +343,8 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
         except PretrainedWeightsError as exc:
             raise UsageError(str(exc)) from None
         procs.say(f"init: ImageNet-1k weights from {plan.run_args.pretrained}")
-    if recipe.start_from and resumed is None:
-        model.load_state_dict(_load_start(recipe)["state_dict"])
+    if plan.start_weights is not None:  # a fresh run only: a resumed one loads its own weights
+        model.load_state_dict(plan.start_weights)
         procs.say(f"init: the weights of {recipe.start_from}")
     if plan.precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
