@@ -65,13 +65,18 @@ def resolve_data_path(path: str | os.PathLike | None) -> Path:
     return resolved
 
 
+def default_cache_dir() -> Path:
+    """Where decoded data (and the upload bank, training/upload_bank.py) is cached: ``$CIFAR10_CACHE``."""
+    return Path(os.environ.get("CIFAR10_CACHE", "~/.cache/cifar10-classifier")).expanduser()
+
+
 def load_cifar10(path: str | os.PathLike | None, cache_dir: str | os.PathLike | None = None,
                  download: bool = False) -> Cifar10:
     """Load CIFAR-10 from any supported source, through the on-disk cache."""
     if download:
         path = _download(path)
     source = resolve_data_path(path).resolve()
-    cache = Path(cache_dir or os.environ.get("CIFAR10_CACHE", "~/.cache/cifar10-classifier")).expanduser()
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cache_file = cache / f"cifar10-{_fingerprint(source)}.npz"
     if cache_file.exists():
         try:

@@ -30,6 +30,7 @@ from PIL import Image
 
 from common import images
 from common.files import atomic_write
+from training.data import default_cache_dir
 
 BANK_FORMAT = 1  # bump when the same draw would give other pixels (a new filter, format or range)
 NATIVE_SIZE_SHARE = 0.3  # uploads sent at the image's own size (then always lossy: a lossless copy is the image)
@@ -106,8 +107,7 @@ def _cache_file(pictures: np.ndarray, copies: int, seed: int) -> Path:
     key = f"v{BANK_FORMAT}|{copies}|{seed}|{pictures.shape}|{Image.__version__}|{images.RESAMPLE.name}"
     digest = hashlib.sha256(key.encode())
     digest.update(np.ascontiguousarray(pictures).data)
-    cache = Path(os.environ.get("CIFAR10_CACHE", "~/.cache/cifar10-classifier")).expanduser()
-    return cache / f"upload-bank-{digest.hexdigest()[:20]}.npy"
+    return default_cache_dir() / f"upload-bank-{digest.hexdigest()[:20]}.npy"
 
 
 def load_bank(pictures: np.ndarray, copies: int, seed: int, workers: int | None = None, say=print) -> np.ndarray:
