@@ -25,6 +25,7 @@ from onnx import numpy_helper
 from common.contract import BATCH_DIM, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUTS
 from common.text import first_line
 from export import ExportError
+from training.tta import TTA
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 and OpenCV's DNN importer both run it
 # 14: the oldest at which shape inference carries the batch dim through every registered model (at 13 it
@@ -36,25 +37,48 @@ class ServableModel(nn.Module):
     """``model`` behind the training pipeline's preprocessing, taking (N, 32, 32, 3) uint8 RGB.
 
     The ops are those of ``training.data.DeviceLoader.prepare`` in the same order (permute, float,
-    /255, -mean, /std), so the graph computes what the model saw in training, bit for bit.
+    /255, -mean, /std), so the graph computes what the model saw in training, bit for bit. With
+    ``raw_pixels`` the model takes the float pixels (0-255) as they are: it has the normalization
+    folded into its first layer (``serving_form``).
     """
 
-    def __init__(self, model: nn.Module, mean, std):
+    def __init__(self, model: nn.Module, mean, std, raw_pixels: bool = False):
         super().__init__()
         self.model = model
+        self.raw_pixels = raw_pixels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = image.permute(0, 3, 1, 2).float().div(255)
-        x = (x - self.mean) / self.std
+        x = image.permute(0, 3, 1, 2).float()
+        if not self.raw_pixels:
+            x = (x.div(255) - self.mean) / self.std
         logits = self.model(x)
         return logits, logits.softmax(dim=1)
 
 
+def serving_form(model: nn.Module, mean, std) -> ServableModel:
+    """``model`` (eval mode, maybe inside ``training.tta.TTA``) with its preprocessing, in the fewest ops.
+
+    A model with ``folded_for_inference(mean, std)`` (``WhitenedVGG``) gives an equal copy that takes raw
+    pixels, with the normalization and its BatchNorms folded into its convolutions (Sub, Div, three
+    BatchNormalization ops and their quantize/dequantize pairs gone from the int8 file; what that gains one
+    image on one thread: ``benchmarks/served_graph.py``). Any other model is used as it is.
+    """
+    inner = model.model if isinstance(model, TTA) else model
+    fold = getattr(inner, "folded_for_inference", None)
+    if fold is None:
+        return ServableModel(model, mean, std)
+    folded = fold(mean, std)
+    return ServableModel(TTA(folded, model.mode) if isinstance(model, TTA) else folded, mean, std, raw_pixels=True)
+
+
 def export_graph(model: nn.Module, mean, std, opset: int = DEFAULT_OPSET,
-                 fp16_weights: bool = False) -> onnx.ModelProto:
+                 fp16_weights: bool = False, fold: bool = True) -> onnx.ModelProto:
     """Trace ``model`` (eval mode) with its preprocessing into an ONNX model with a dynamic batch.
+
+    ``fold``: trace ``serving_form`` (the model's folded copy where it has one); False traces the model as
+    trained behind the plain preprocessing (``benchmarks/served_graph.py`` times the two).
 
     ``fp16_weights``: the model's weights are fp16 values (an ensemble's, ``training.ensemble``) and the
     file stores them so (``store_fp16``). BatchNorm is then not folded into the convolutions by the
@@ -62,7 +86,7 @@ def export_graph(model: nn.Module, mean, std, opset: int = DEFAULT_OPSET,
     """
     if opset not in OPSETS:
         raise ExportError(f"opset {opset} is not supported: choose {OPSETS.start}..{OPSETS.stop - 1}")
-    servable = ServableModel(model, mean, std).eval()
+    servable = (serving_form(model, mean, std) if fold else ServableModel(model, mean, std)).eval()
     # EVAL folds BatchNorm into the convolutions; PRESERVE (the model is in eval mode) keeps the stored values
     mode = torch.onnx.TrainingMode.PRESERVE if fp16_weights else torch.onnx.TrainingMode.EVAL
     example = torch.zeros((2, *IMAGE_SHAPE), dtype=torch.uint8)  # batch 2: a batch of 1 can get folded

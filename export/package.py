@@ -66,6 +66,7 @@ from common.contract import (
 )
 from common.files import file_sha256, write_json
 from common.inference import cpu_session
+from common.machine import cpu_name
 from common.paths import REPO_ROOT, repo_relative, repo_relative_command
 from export import ExportError
 from export.onnx import check_tta, export_checkpoint
@@ -211,6 +212,7 @@ def package_run(run: str | os.PathLike, name: str, stage: StagedWeights, cifar: 
         "threads": run_args.threads,  # None: a run from before --threads, on every CPU thread
         "train_seconds": round(sum(m.get("epoch_seconds", 0.0) for m in metrics) or ckpt.get("train_seconds", 0.0), 1),
         "cpu_images_per_s": round(images_per_second(session, timing), 1),
+        "cpu_measured_on": cpu_name(),  # speeds differ between machines (AMX or not): say which one
         "cpu_throughput_note": f"onnxruntime CPUExecutionProvider, batches of {THROUGHPUT_BATCH}, "
                                f"{os.cpu_count()} cores, onnxruntime {ort.__version__}",
         "date": datetime.now(UTC).date().isoformat(),
@@ -247,6 +249,7 @@ def remeasure_speed(entry: dict, weights: Path, timing: np.ndarray) -> None:
     session = cpu_session(onnx_path)
     entry["cpu_images_per_s"] = round(images_per_second(session, timing), 1)
     entry["cpu_measured"] = datetime.now(UTC).date().isoformat()
+    entry["cpu_measured_on"] = cpu_name()
     int8 = entry.get("int8")
     if not isinstance(int8, dict):
         return

@@ -5,7 +5,8 @@ calibrated (min/max) on training images. Only Conv, Gemm and MatMul are quantize
 weights and nearly all the arithmetic, while the preprocessing at the graph's head (cast, /255,
 -mean, /std) and the softmax at its tail stay float, so the uint8 input contract and the
 probabilities keep their exact meaning. The graph is first run through ``quant_pre_process``
-(symbolic shape inference + graph optimizations such as Conv/BN fusion), as onnxruntime recommends.
+(symbolic shape inference + graph optimizations such as Conv/BN fusion), as onnxruntime recommends, and each
+SiLU of the result is written as onnxruntime's one-kernel QuickGelu (``fuse_silu``).
 
 The int8 file is scored against the fp32 one on the same test images and timed against it on the
 same batches; it replaces nothing and is deleted unless the accuracy drop is within ``max_drop``.
@@ -56,15 +57,60 @@ def int8_path(fp32_path: str | os.PathLike) -> Path:
     return p.with_name(p.name.removesuffix(".onnx") + ".int8.onnx")
 
 
-def quantize_file(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: np.ndarray) -> None:
-    """Write the int8 QDQ model for ``fp32_path`` to ``out_path`` (no checks; see ``quantize_model``)."""
+def quantize_file(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: np.ndarray,
+                  fuse: bool = True) -> None:
+    """Write the int8 QDQ model for ``fp32_path`` to ``out_path`` (no checks; see ``quantize_model``).
+
+    ``fuse``: run each SiLU as one kernel (``fuse_silu``); False is only for measuring what that gains."""
     with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(str(prepared), str(out_path), ImageReader(calibration),
+        quantized = Path(tmp) / "quantized.onnx"
+        quantize_static(str(prepared), str(quantized), ImageReader(calibration),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "Gemm", "MatMul"],
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
+        proto = onnx.load(str(quantized))
+        if fuse:
+            fuse_silu(proto)
+        onnx.save(proto, str(out_path))
+
+
+def fuse_silu(proto: onnx.ModelProto) -> int:
+    """Write each SiLU, ``Mul(x, Sigmoid(x))``, as onnxruntime's one-kernel ``com.microsoft.QuickGelu(x,
+    alpha=1)``, which computes exactly that; returns how many there were.
+
+    onnxruntime fuses the pair itself in a float graph, but not in a QDQ one: when it loads the file it gives
+    each reader of a DequantizeLinear its own copy, so Sigmoid and Mul no longer share their input and the
+    pattern is gone. Fused here, the activation is one DequantizeLinear, one kernel and one QuantizeLinear
+    (what that gains whitened_vgg_fast's 7 SiLUs on one thread: ``benchmarks/served_graph.py``).
+    The file is for onnxruntime either way (the service's runtime); the fp32 file keeps standard ops only.
+    """
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    replaced: dict[int, onnx.NodeProto] = {}  # id of the Mul -> its QuickGelu
+    dropped: set[int] = set()  # ids of the Sigmoids
+    for node in proto.graph.node:
+        if node.op_type != "Sigmoid" or node.domain not in ("", "ai.onnx"):
+            continue
+        (x,), (gate,) = node.input, node.output
+        users = readers.get(gate, [])
+        if len(users) != 1 or users[0].op_type != "Mul" or sorted(users[0].input) != sorted([x, gate]) \
+                or any(gate == out.name for out in proto.graph.output):
+            continue
+        mul = users[0]
+        replaced[id(mul)] = onnx.helper.make_node("QuickGelu", [x], list(mul.output), name=f"{mul.name}_silu",
+                                                  domain="com.microsoft", alpha=1.0)
+        dropped.add(id(node))
+    if replaced:
+        nodes = [replaced.get(id(n), n) for n in proto.graph.node if id(n) not in dropped]
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+            proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return len(replaced)
 
 
 def images_per_second(session: ort.InferenceSession, images: np.ndarray, repeats: int = 3) -> float:

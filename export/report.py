@@ -543,6 +543,21 @@ def block_activation_bf16(src: Sources) -> str:
                                            f"{data.get('cpu')} ({data.get('cpu_bf16_units')})"))
 
 
+def block_served_graph(src: Sources) -> str:
+    where = f"{RESULTS}/served_graph.json"
+    data = src.json(where, "python benchmarks/served_graph.py")
+    labels = {"plain": "as trained, plain preprocessing", "folded": "folded (`export.graph.serving_form`)",
+              "folded_fused": "folded, SiLU fused (`export.quantize.fuse_silu`): served"}
+    rows = [[labels.get(form, form), pct(r["fp32_accuracy"]), pct(r["int8_accuracy"]),
+             rate(r["int8_single_images_per_s"]), times(r["speedup_over_plain"])]
+            for form, r in need(data, "forms", where).items()]
+    machine = data.get("machine", {})
+    return (table(["graph", "fp32 accuracy", "int8 accuracy", "int8 single images/s", "vs plain"], rows,
+                  right={1, 2, 3, 4})
+            + "\n\n" + header(data, where, f"`{data.get('checkpoint')}`, TTA {data.get('tta')}, {data.get('timing')}, "
+                                           f"{machine.get('cpu')}, onnxruntime {machine.get('onnxruntime')}"))
+
+
 def block_int8(src: Sources) -> str:
     newest: dict[str, tuple[str, dict, dict]] = {}
     for where, data in src.results("int8*.json", "python benchmarks/int8.py"):
@@ -857,6 +872,7 @@ BLOCKS: dict[str, Block] = {
     "train-throughput": Block(block_train_throughput, f"{RESULTS}/train_throughput_cpu.json"),
     "activation-bf16": Block(block_activation_bf16, f"{RESULTS}/activation_bf16_cpu.json"),
     "int8": Block(block_int8, f"{RESULTS}/int8*.json"),
+    "served-graph": Block(block_served_graph, f"{RESULTS}/served_graph.json"),
     "serve-load": Block(block_serve_load, f"{RESULTS}/serve_load*.json"),
     "serve-cpu": Block(block_serve_cpu, f"{RESULTS}/serve_load.json"),
     "serve-peers": Block(block_serve_peers, f"{RESULTS}/serve_peers*.json"),

@@ -1,4 +1,4 @@
-"""The load benchmark's CPU accounting: what it reports per request must include gunicorn's workers."""
+"""The benchmarks' own machinery: the load benchmark's CPU accounting, the served-graph benchmark's forms."""
 
 import os
 import subprocess
@@ -25,3 +25,18 @@ def test_process_tree_cpu_counts_a_live_childs_cpu():
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_served_graph_benchmark_times_the_three_forms_with_the_same_answers(fresh_checkpoint, data_archive,
+                                                                                 tmp_path):
+    import json
+
+    out = tmp_path / "served_graph.json"
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "served_graph.py"),
+                    str(fresh_checkpoint("whitened_vgg_fast")), "--tta", "none", "--data", str(data_archive),
+                    "--seconds", "0.05", "--rounds", "1", "--calibration-images", "16", "--out", str(out)],
+                   check=True, capture_output=True)
+    forms = json.loads(out.read_text())["forms"]
+    assert set(forms) == {"plain", "folded", "folded_fused"}
+    assert forms["plain"]["fp32_accuracy"] == forms["folded"]["fp32_accuracy"] == forms["folded_fused"]["fp32_accuracy"]
+    assert all(form["int8_single_images_per_s"] > 0 for form in forms.values())

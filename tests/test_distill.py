@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import training.distill as distill_module
 from training.data import DeviceLoader
 from training.distill import Distillation
-from training.recipes import HALF
+from training.recipes import HALF, RECIPES
 from training.run import main as run_main
 
 
@@ -108,3 +110,16 @@ def test_the_teacher_runs_in_the_students_precision(fresh_checkpoint, amp):
     distill.teacher.register_forward_pre_hook(lambda _m, _a: states.append(torch.is_autocast_enabled("cpu")))
     logits = distill.teacher_logits(torch.rand(2, 3, 32, 32))
     assert states == [amp] and logits.dtype == torch.float32
+
+
+def test_a_flip_tta_teacher_answers_with_the_average_of_the_view_and_its_mirror(fresh_checkpoint):
+    one_pass = Distillation(fresh_checkpoint("tutorial"), *HALF, temperature=4.0, alpha=0.8,
+                            device=torch.device("cpu"))
+    flip = Distillation(fresh_checkpoint("tutorial"), *HALF, temperature=4.0, alpha=0.8,
+                        device=torch.device("cpu"), tta="flip")
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    expected = (one_pass.teacher_logits(x) + one_pass.teacher_logits(x.flip(-1))) / 2
+    torch.testing.assert_close(flip.teacher_logits(x), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(flip.teacher_logits(x), one_pass.teacher_logits(x), atol=1e-4)
+    with pytest.raises(ValueError, match="teacher_tta"):
+        dataclasses.replace(RECIPES["whitened_vgg_fast_robust"], teacher_tta="rotate")

@@ -286,6 +286,38 @@ def test_without_data_checks_random_images_and_writes_default_path(fresh_checkpo
         export_checkpoint(fresh_checkpoint("dwsep"), tmp_path / "x.onnx", int8=True, log=messages.append)
 
 
+def test_whitened_vgg_graphs_carry_no_normalization_or_batchnorm_ops(exported, cifar, tmp_path):
+    """The served graph of an airbench network is its folded form (``folded_for_inference``): raw pixels go
+    straight into the whitening conv (through the TTA's slices only), BatchNorms live inside the convs, and the
+    int8 file runs each SiLU as one kernel, with the answers of the unfused file; parity passed on it."""
+    import export.quantize
+    from export.sample_images import calibration_images
+
+    _, out, report = exported("whitened_vgg_fast")
+    assert report["passed"]
+    proto = onnx.load(str(out))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "BatchNormalization" not in ops and "Sub" not in ops and "Div" not in ops
+    assert set(ops[:ops.index("Conv")]) <= {"Identity", "Transpose", "Cast", "Constant", "Slice", "Concat"}
+
+    fused = onnx.load(str(out))
+    assert export.quantize.fuse_silu(fused) == ops.count("Sigmoid") == 7
+    fused_ops = [n.op_type for n in fused.graph.node]
+    assert fused_ops.count("QuickGelu") == 7 and "Sigmoid" not in fused_ops
+    images = cifar.test_images[:32]
+    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["logits"], {"image": images})[0], onnx_outputs(out, images)[0],
+                               rtol=1e-4, atol=1e-5)
+
+    calibration = calibration_images(cifar, 64)
+    int8_file, unfused_file = tmp_path / "fused.int8.onnx", tmp_path / "unfused.int8.onnx"
+    export.quantize.quantize_file(out, int8_file, calibration)
+    export.quantize.quantize_file(out, unfused_file, calibration, fuse=False)
+    int8_ops = [n.op_type for n in onnx.load(str(int8_file)).graph.node]
+    assert int8_ops.count("QuickGelu") == 7 and "Sigmoid" not in int8_ops
+    got, expected = onnx_outputs(int8_file, images)[0], onnx_outputs(unfused_file, images)[0]
+    np.testing.assert_allclose(got, expected, atol=0.02 * np.abs(expected).max())
+
 def test_int8_variant_is_scored_and_kept_only_within_the_drop(fresh_checkpoint, data_archive, tmp_path):
     ckpt, out = fresh_checkpoint("tutorial"), tmp_path / "tutorial.onnx"
     int8_file = tmp_path / "tutorial.int8.onnx"

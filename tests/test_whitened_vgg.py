@@ -242,3 +242,33 @@ def test_state_dict_round_trip(name, real, tmp_path):
     ckpt = make_checkpoint(model, recipe, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
     with torch.no_grad():
         assert torch.equal(model_from_checkpoint(ckpt)(held_out[:8]), model(held_out[:8]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_serving_copy_gives_the_same_logits_from_raw_pixels(name, cifar):
+    """``folded_for_inference`` (what export puts in the ONNX graph): normalization in the whitening conv, each
+    group's BatchNorm before its pool, the output scale in the head; a group whose BN scale is not positive
+    keeps its order, where moving it would change the answer."""
+    pixels = cifar.train_images[:200]
+    mean, std = channel_stats(pixels)
+    torch.manual_seed(2)
+    model = create_model(name)
+    model.init_whitening(normalized(pixels[:100], mean, std))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.2, 3)
+                module.bias.uniform_(-0.5, 0.5)
+        model.groups[2].norm1.weight[::2] = -1.0  # a shift-and-flip: max and min trade places under it
+    model.eval()
+    raw = torch.from_numpy(pixels[100:]).permute(0, 3, 1, 2).float()
+    folded = model.folded_for_inference(mean, std)
+    assert [g.norm_before_pool for g in folded.groups] == [True, True, False]
+    assert not any(g.norm_before_pool for g in model.groups) and model.output_scale != 1  # the original is intact
+    with torch.no_grad():
+        expected = model(normalized(pixels[100:], mean, std))
+        got = folded(raw)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        folded.groups[2].norm_before_pool = True  # the order matters for that group
+        assert (folded(raw) - expected).abs().max() > 100 * (got - expected).abs().max()

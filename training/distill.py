@@ -10,8 +10,9 @@ sees: the student's normalized batch is turned back into [0, 1] pixels and norma
 any trained model of this project can teach any other. With the recipe's ``teacher_sees_damage`` off, it sees
 that view before the upload-path damage (resize round trip, JPEG re-save; training/augment.py), so a teacher
 never trained on damaged uploads still says what the image shows (``DeviceLoader``'s undamaged twin).
-The teacher runs in eval mode, without gradients and without its test-time augmentation (one forward pass per
-batch), in the student's precision: with bf16 autocast it costs a third of fp32 on a CPU with BF16 units
+The teacher runs in eval mode, without gradients, with the test-time augmentation the recipe's ``teacher_tta``
+names (default none: one forward pass per batch; ``flip`` averages the view and its mirror, a better teacher at
+twice its cost), in the student's precision: with bf16 autocast it costs a third of fp32 on a CPU with BF16 units
 (whitened_vgg_best, batch 1024, 2 threads: 1,532 against 476 images/s), and its logits are only a soft target.
 """
 
@@ -24,14 +25,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.tta import with_tta
 
 
 class Distillation(nn.Module):
     def __init__(self, teacher_checkpoint: str | Path, student_mean, student_std, temperature: float,
-                 alpha: float, device: torch.device, amp: bool = False):
+                 alpha: float, device: torch.device, amp: bool = False, tta: str = "none"):
         super().__init__()
         ckpt = load_checkpoint(teacher_checkpoint)
-        self.teacher = model_from_checkpoint(ckpt).to(device).eval().requires_grad_(False)
+        self.teacher = with_tta(model_from_checkpoint(ckpt), tta).to(device).eval().requires_grad_(False)
         self.temperature, self.alpha, self.amp = temperature, alpha, amp
 
         def column(values):

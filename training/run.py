@@ -365,10 +365,11 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
     distill = None
     if recipe.teacher:
         distill = Distillation(recipe.teacher, data.mean, data.std, recipe.distill_temperature, recipe.distill_alpha,
-                               procs.device, amp=plan.precision.autocast)
+                               procs.device, amp=plan.precision.autocast, tta=recipe.teacher_tta)
         shown = "; it sees the views before the upload damage" if data.train.undamaged_twin else ""
+        tta = f", its test-time augmentation {recipe.teacher_tta}" if recipe.teacher_tta != "none" else ""
         procs.say(f"distilling from {recipe.teacher} (T {recipe.distill_temperature}, alpha {recipe.distill_alpha}"
-                  f"{shown})")
+                  f"{tta}{shown})")
     return TrainingState(trained, model, optimizer, scheduler, step_count, lookahead, progress, distill)
 
 

@@ -81,6 +81,7 @@ Departures from airbench, all of them:
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -137,9 +138,13 @@ class ConvGroup(nn.Module):
         self.convs = nn.ModuleList(_conv3x3(cout, cout) for _ in range(depth - 1))
         self.norms = nn.ModuleList(_batch_norm(cout, bn_momentum, bn_eps) for _ in range(depth - 1))
         self.act = _activation(activation)
+        self.norm_before_pool = False  # set by WhitenedVGG.folded_for_inference: same output, BN foldable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        if self.norm_before_pool:
+            x = self.act(self.pool(self.norm1(self.conv1(x))))
+        else:
+            x = self.act(self.norm1(self.pool(self.conv1(x))))
         shortcut = x
         last = len(self.convs) - 1
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
@@ -217,10 +222,34 @@ class WhitenedVGG(nn.Module):
         weight.copy_(torch.cat([filters, -filters]))
         weight.requires_grad_(False)
 
+    @torch.no_grad()
+    def folded_for_inference(self, mean, std) -> WhitenedVGG:
+        """An eval-mode copy that computes the same logits from raw pixels (float 0-255, NCHW), in fewer ops.
+
+        For the served graph (export.graph), where every op costs time on one image: the input normalization
+        ``(x / 255 - mean) / std`` goes into the whitening conv (its padding is 0, so every output sees only
+        real pixels); each group's first BatchNorm moves in front of its max pool, where the exporter folds
+        it into the conv (a per-channel affine map with a positive scale commutes with max; a group with a
+        scale <= 0 keeps its order); the output scale goes into the head's weights. The parity check
+        compares the file with the model as trained, so the rewrite is measured on every export.
+        """
+        folded = copy.deepcopy(self).eval()
+        column = functools.partial(torch.as_tensor, dtype=torch.float32, device=self.whiten.weight.device)
+        mean, std = column(mean).view(1, 3, 1, 1), column(std).view(1, 3, 1, 1)
+        weight = folded.whiten.weight
+        folded.whiten.bias -= (weight * (mean / std)).sum((1, 2, 3))
+        weight.mul_(1 / (255 * std))
+        for group in folded.groups:
+            norm = group.norm1
+            group.norm_before_pool = bool((norm.weight / (norm.running_var + norm.eps).sqrt() > 0).all())
+        folded.head.weight.mul_(self.output_scale)
+        folded.output_scale = 1.0
+        return folded
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.whiten_act(self.whiten(x))
-        x = self.flatten(self.pool(self.groups(x)))
-        return self.head(x) * self.output_scale
+        x = self.head(self.flatten(self.pool(self.groups(x))))
+        return x if self.output_scale == 1 else x * self.output_scale
 
 
 FAST = dict(widths=(64, 256, 256), depth=2, bn_momentum=0.4)
