@@ -170,6 +170,8 @@ def training_data(entry: dict) -> str:
     recipe = entry.get("recipe") or {}
     if recipe.get("members"):  # an ensemble (training.ensemble): its members say how each was trained
         text = f"{text}; ensemble of " + " + ".join(code(m) for m in recipe["members"])
+    if recipe.get("soup_of"):  # a weight average (training.soup) of runs of one network
+        text = f"{text}; weight average (soup) of " + " + ".join(code(m) for m in recipe["soup_of"])
     teacher = recipe.get("teacher")
     return f"{text}; distilled from {code(teacher)}" if teacher else text
 
@@ -550,7 +552,8 @@ def block_served_graph(src: Sources) -> str:
               "folded_fused": "folded, SiLU fused (`export.quantize.fuse_silu`): served"}
     rows = [[labels.get(form, form), pct(r["fp32_accuracy"]), pct(r["int8_accuracy"]),
              rate(r["int8_single_images_per_s"]), times(r["speedup_over_plain"])]
-            for form, r in need(data, "forms", where).items()]
+            for form, r in sorted(need(data, "forms", where).items(), key=lambda item: list(labels).index(item[0])
+                                  if item[0] in labels else len(labels))]
     machine = data.get("machine", {})
     return (table(["graph", "fp32 accuracy", "int8 accuracy", "int8 single images/s", "vs plain"], rows,
                   right={1, 2, 3, 4})

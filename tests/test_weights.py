@@ -49,10 +49,27 @@ def test_files_match_the_manifest_and_fit_16_mib(name):
     assert entry["complete"] == (entry["epochs"] == entry["epochs_planned"])
     for key in ("command", "torch_version", "device_name", "train_seconds", "date", "recipe", "per_class_accuracy"):
         assert entry[key], key
-    if model_info(entry["arch"]).trainable:
+    if "soup_of" in entry["recipe"]:  # a weight average (training.soup): its ingredients ran named recipes
+        assert entry["recipe_name"] == "soup" and len(entry["recipe"]["soup_of"]) >= 2
+        for ingredient in entry["recipe"]["ingredients"]:
+            assert RECIPES[ingredient["recipe_name"]].model == entry["arch"], ingredient["name"]
+    elif model_info(entry["arch"]).trainable:
         assert entry["recipe_name"] in RECIPES and RECIPES[entry["recipe_name"]].model == entry["arch"]
     else:  # an ensemble: built from shipped models, by name, in its recipe
         assert entry["recipe"]["members"]
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if "soup_of" in MANIFEST["models"][n]["recipe"]])
+def test_a_soup_averages_the_very_checkpoints_shipped_among_its_ingredients(name):
+    """An ingredient that is also shipped is that file: re-package it and the soup must be made again; the others
+    are runs whose evidence (log, curves) is kept in docs/runs."""
+    for ingredient in MANIFEST["models"][name]["recipe"]["ingredients"]:
+        shipped = MANIFEST["models"].get(ingredient["name"])
+        if shipped:
+            assert ingredient["checkpoint_sha256"] == shipped["checkpoint_sha256"], \
+                f"{ingredient['name']} was packaged again after {name} was made: make it again (training.soup)"
+        else:
+            assert (ROOT / "docs" / "runs" / ingredient["name"] / "log.txt").is_file(), ingredient["name"]
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if "members" in MANIFEST["models"][n]["recipe"]])
@@ -67,7 +84,8 @@ def test_an_ensemble_is_built_from_the_very_checkpoints_shipped(name):
             f"{member['name']} was packaged again after {name} was built: build it again (training.ensemble)"
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if model_info(MANIFEST["models"][n]["arch"]).trainable])
+@pytest.mark.parametrize("name", [n for n in MODELS if model_info(MANIFEST["models"][n]["arch"]).trainable
+                                  and "soup_of" not in MANIFEST["models"][n]["recipe"]])  # a soup has no epochs
 def test_published_curves_come_from_the_run_that_made_the_weights(name):
     entry = MANIFEST["models"][name]
     folder = ROOT / entry["run_evidence"]

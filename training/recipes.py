@@ -299,7 +299,8 @@ RECIPES["whitened_vgg_fast_uploads_clean_teacher"] = dataclasses.replace(
 # soft target the average of the view and its mirror) instead of one pass. The student matches its one-pass
 # teacher already (91.84% against whitened_vgg_best's 91.78% without TTA), so that teacher has nothing left to
 # teach it; everything else (augmentation, upload damage, loss) as the first run, the LR triangle at a quarter of
-# its peak.
+# its peak. Not shipped: 91.80% (int8 91.89%) against its parent's 91.84% (91.88%), 3,889 s; it is one of the four
+# runs averaged into whitened_vgg_fast_soup (training/soup.py; evidence in docs/runs/wvf_flip_teacher).
 RECIPES["whitened_vgg_fast_flip_teacher"] = dataclasses.replace(
     RECIPES["whitened_vgg_fast_robust"], epochs=20, lr=0.3, warmup_fraction=0.15, lr_start_factor=0.1,
     start_from="weights/whitened_vgg_fast_robust.pt", teacher_tta="flip",
