@@ -8,8 +8,12 @@ a good one was.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
+import shlex
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -19,7 +23,7 @@ import torch.nn as nn
 
 from common.files import atomic_write
 from common.text import first_line
-from training.data import CLASSES
+from training.data import CLASSES, DataError
 from training.models import UnknownArchitectureError, create_model, model_info, saved_kwargs
 
 FORMAT = "cifar10-classifier/1"
@@ -173,3 +177,35 @@ def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     except RuntimeError as exc:
         raise CheckpointError(f"state dict does not fit model {ckpt['arch']!r}: {first_line(exc)}") from None
     return model.eval()
+
+
+def build_checkpoint_main(argv: list[str] | None, prog: str, description: str, checkpoints_help: str,
+                          data_help: str, build: Callable[[list[str], str], Checkpoint],
+                          measure: Callable[[Checkpoint, list[str], str, Path], None],
+                          describe: Callable[[Checkpoint], str]) -> int:
+    """The command line of a checkpoint built from trained ones (``training.ensemble``, ``training.soup``).
+
+    ``prog CKPT... --out DIR [--data PATH]``: ``build(paths, command)``, then with ``--data``
+    ``measure(ckpt, paths, data, DIR)``, then ``DIR/best.pt`` written atomically. Exit 0 with
+    ``describe(ckpt) -> path`` printed, or 2 with a one-line error (nothing written).
+    """
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help=checkpoints_help)
+    p.add_argument("--out", required=True, help="folder for best.pt (export.package takes it as a run)")
+    p.add_argument("--data", help=data_help)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its usage error
+        return int(exc.code or 0)
+    command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out) / "best.pt"
+    try:
+        ckpt = build(args.checkpoints, command)
+        if args.data:
+            measure(ckpt, args.checkpoints, args.data, out.parent)
+        atomic_save(ckpt, out)
+    except (CheckpointError, DataError, ValueError, OSError) as exc:  # OSError: --out cannot be written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{describe(ckpt)} -> {out}")
+    return 0

@@ -20,8 +20,6 @@ Exit status: 0 written, 2 bad input (unreadable checkpoint, one member, classes 
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -35,10 +33,10 @@ from training.checkpoint import (
     CheckpointError,
     RunArgs,
     atomic_save,
+    build_checkpoint_main,
     load_checkpoint,
     recipe_tta,
 )
-from training.data import DataError
 from training.models import create_model
 from training.tta import TTA
 
@@ -116,32 +114,12 @@ def measure_accuracy(ckpt: Checkpoint, paths: list[str], data: str, folder: Path
               flush=True)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training.ensemble", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="the members' checkpoints (two or more)")
-    p.add_argument("--out", required=True, help="folder for best.pt (export.package takes it as a run)")
-    p.add_argument("--data", help="CIFAR-10 source: measure and record the test accuracy (before and after fp16)")
-    args = p.parse_args(argv)
-    args.command = "python -m training.ensemble " + shlex.join(sys.argv[1:] if argv is None else argv)
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:  # argparse has printed its usage error
-        return int(exc.code or 0)
-    out = Path(args.out) / "best.pt"
-    try:
-        ckpt = build_ensemble(args.checkpoints, args.command)
-        if args.data:
-            measure_accuracy(ckpt, args.checkpoints, args.data, out.parent)
-        atomic_save(ckpt, out)
-    except (CheckpointError, DataError, ValueError, OSError) as exc:  # OSError: --out cannot be written
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{ARCH} of {', '.join(ckpt['recipe']['members'])} -> {out}")
-    return 0
+    return build_checkpoint_main(argv, "python -m training.ensemble", __doc__.split("\n\n")[0],
+                                 "the members' checkpoints (two or more)",
+                                 "CIFAR-10 source: measure and record the test accuracy (before and after fp16)",
+                                 build_ensemble, measure_accuracy,
+                                 lambda ckpt: f"{ARCH} of " + ", ".join(ckpt["recipe"]["members"]))
 
 
 if __name__ == "__main__":

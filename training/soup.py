@@ -26,8 +26,6 @@ Exit status: 0 written, 2 bad input (unreadable checkpoint, one ingredient, anot
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -41,10 +39,10 @@ from training.checkpoint import (
     CheckpointError,
     RunArgs,
     atomic_save,
+    build_checkpoint_main,
     load_checkpoint,
     recipe_tta,
 )
-from training.data import DataError
 
 COMBINE = "uniform mean of every float tensor, BatchNorm running statistics included"
 
@@ -115,8 +113,8 @@ def build_soup(paths: list[str | Path], command: str = "") -> Checkpoint:
     }
 
 
-def measure_accuracy(ckpt: Checkpoint, data: str, folder: Path) -> None:
-    """Test accuracy of ``ckpt``, recorded in it."""
+def measure_accuracy(ckpt: Checkpoint, paths: list[str], data: str, folder: Path) -> None:
+    """Test accuracy of ``ckpt``, recorded in it (``paths``: its ingredients, which it already records)."""
     from training.evaluate import evaluate_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -131,32 +129,11 @@ def measure_accuracy(ckpt: Checkpoint, data: str, folder: Path) -> None:
                       if i["test_accuracy"] is not None) + ")", flush=True)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training.soup", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="runs of one network (two or more)")
-    p.add_argument("--out", required=True, help="folder for best.pt (export.package takes it as a run)")
-    p.add_argument("--data", help="CIFAR-10 source: measure and record the test accuracy")
-    args = p.parse_args(argv)
-    args.command = "python -m training.soup " + shlex.join(sys.argv[1:] if argv is None else argv)
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:  # argparse has printed its usage error
-        return int(exc.code or 0)
-    out = Path(args.out) / "best.pt"
-    try:
-        ckpt = build_soup(args.checkpoints, args.command)
-        if args.data:
-            measure_accuracy(ckpt, args.data, out.parent)
-        atomic_save(ckpt, out)
-    except (CheckpointError, DataError, ValueError, OSError) as exc:  # OSError: --out cannot be written
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"soup of {', '.join(ckpt['recipe']['soup_of'])} -> {out}")
-    return 0
+    return build_checkpoint_main(argv, "python -m training.soup", __doc__.split("\n\n")[0],
+                                 "runs of one network (two or more)",
+                                 "CIFAR-10 source: measure and record the test accuracy", build_soup,
+                                 measure_accuracy, lambda ckpt: "soup of " + ", ".join(ckpt["recipe"]["soup_of"]))
 
 
 if __name__ == "__main__":
