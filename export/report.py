@@ -172,8 +172,11 @@ def training_data(entry: dict) -> str:
         text = f"{text}; ensemble of " + " + ".join(code(m) for m in recipe["members"])
     if recipe.get("soup_of"):  # a weight average (training.soup) of runs of one network
         text = f"{text}; weight average (soup) of " + " + ".join(code(m) for m in recipe["soup_of"])
-    teacher = recipe.get("teacher")
-    return f"{text}; distilled from {code(teacher)}" if teacher else text
+    teacher = recipe.get("teacher")  # one checkpoint, or a list of them (their probabilities averaged)
+    if not teacher:
+        return text
+    teachers = [teacher] if isinstance(teacher, str) else teacher
+    return f"{text}; distilled from " + " + ".join(code(t) for t in teachers)
 
 
 def tta(entry: dict) -> str:

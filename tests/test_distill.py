@@ -20,7 +20,7 @@ def test_teacher_sees_the_students_pixels_in_its_own_normalization(fresh_checkpo
     distill = Distillation(teacher_ckpt, student_mean, student_std, temperature=4.0, alpha=0.8,
                            device=torch.device("cpu"))
     seen = []
-    distill.teacher.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    distill.teachers[0].model.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
     pixels = torch.rand(5, 3, 32, 32)
     mean, std = torch.tensor(student_mean).view(1, 3, 1, 1), torch.tensor(student_std).view(1, 3, 1, 1)
     distill.teacher_logits((pixels - mean) / std)
@@ -107,7 +107,7 @@ def test_the_teacher_runs_in_the_students_precision(fresh_checkpoint, amp):
     distill = Distillation(fresh_checkpoint("tutorial"), *HALF, temperature=4.0, alpha=0.8,
                            device=torch.device("cpu"), amp=amp)
     states = []
-    distill.teacher.register_forward_pre_hook(lambda _m, _a: states.append(torch.is_autocast_enabled("cpu")))
+    distill.teachers[0].model.register_forward_pre_hook(lambda _m, _a: states.append(torch.is_autocast_enabled("cpu")))
     logits = distill.teacher_logits(torch.rand(2, 3, 32, 32))
     assert states == [amp] and logits.dtype == torch.float32
 
@@ -123,3 +123,42 @@ def test_a_flip_tta_teacher_answers_with_the_average_of_the_view_and_its_mirror(
     assert not torch.allclose(flip.teacher_logits(x), one_pass.teacher_logits(x), atol=1e-4)
     with pytest.raises(ValueError, match="teacher_tta"):
         dataclasses.replace(RECIPES["whitened_vgg_fast_robust"], teacher_tta="rotate")
+
+
+def test_several_teachers_answer_with_the_mean_of_their_probabilities(fresh_checkpoint):
+    """``teacher`` naming two checkpoints (each its own normalization) teaches their ensemble's answer."""
+    first, second = fresh_checkpoint("tutorial"), fresh_checkpoint("dwsep")
+    student = ((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    both = Distillation([first, second], *student, temperature=4.0, alpha=0.8, device=torch.device("cpu"))
+    alone = [Distillation(p, *student, temperature=4.0, alpha=0.8, device=torch.device("cpu")) for p in (first, second)]
+    x = torch.randn(6, 3, 32, 32)
+    expected = torch.stack([d.teacher_logits(x).softmax(dim=1) for d in alone]).mean(dim=0)
+    torch.testing.assert_close(both.teacher_logits(x).softmax(dim=1), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(expected, alone[0].teacher_logits(x).softmax(dim=1), atol=1e-3)
+
+
+def test_a_recipe_names_several_teachers_as_a_tuple_and_one_as_a_path():
+    recipe = RECIPES["whitened_vgg_fast_ensemble_teacher"]
+    assert recipe.teacher == ("weights/whitened_vgg_best.pt", "weights/efficientnet_lite0.pt")
+    assert recipe.replace(teacher=["a.pt", "b.pt"]).teacher == ("a.pt", "b.pt")  # a list from JSON or argparse
+    assert recipe.replace(teacher=["a.pt"]).teacher == "a.pt"
+
+
+def test_a_student_of_a_pretrained_teacher_records_the_external_data(fresh_checkpoint, data_archive, tmp_path):
+    """What a teacher learnt from ImageNet reaches the student through its soft targets: the run says so, and
+    packaging labels it "ImageNet-1k pretrained (external data)" like the teacher."""
+    from training.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+    from training.models import create_model
+    from training.recipes import default_recipe
+
+    pretrained_teacher = tmp_path / "pretrained_teacher.pt"
+    atomic_save(make_checkpoint(create_model("tutorial").eval(), default_recipe("tutorial"), *HALF,
+                                args={"pretrained": "some-imagenet-weights==1.0"}), pretrained_teacher)
+    code = run_main(["--model", "tutorial", "--teacher", str(fresh_checkpoint("tutorial")), str(pretrained_teacher),
+                     "--data", str(data_archive), "--limit", "64", "--eval-limit", "32", "--val-size", "0",
+                     "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "run"), "--no-progress",
+                     "--threads", "1"])
+    assert code == 0
+    student = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert student["args"]["pretrained"] == f"some-imagenet-weights==1.0 (through the teacher {pretrained_teacher})"
+    assert len(student["recipe"]["teacher"]) == 2

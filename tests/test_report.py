@@ -197,3 +197,14 @@ def test_the_served_figures_are_the_ones_export_package_uses():
 
 def test_the_readme_is_a_front_door():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_the_models_table_names_every_teacher_of_a_student():
+    """A student of two teachers (their probabilities averaged) and a soup whose runs had different teachers
+    name each of them, as the manifest's recipe lists them."""
+    one = {"recipe": {"teacher": "weights/whitened_vgg_best.pt"}}
+    two = {"pretrained": "ImageNet-1k pretrained (external data): pkg==1",
+           "recipe": {"teacher": ["weights/whitened_vgg_best.pt", "weights/efficientnet_lite0.pt"]}}
+    assert report.training_data(one).endswith("distilled from `weights/whitened_vgg_best.pt`")
+    assert report.training_data(two) == ("**ImageNet-1k pretrained (external data): pkg==1**; distilled from "
+                                         "`weights/whitened_vgg_best.pt` + `weights/efficientnet_lite0.pt`")

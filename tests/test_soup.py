@@ -13,7 +13,7 @@ from training.soup import main as soup_main
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def trained_like(arch: str, seed: int, folder, epochs: int = 3, teacher: str = "") -> str:
+def trained_like(arch: str, seed: int, folder, epochs: int = 3, teacher: str | tuple[str, ...] = "") -> str:
     """A checkpoint of ``arch`` with seeded random weights and BatchNorm statistics, as a run would leave it."""
     torch.manual_seed(seed)
     model = create_model(arch)
@@ -84,3 +84,13 @@ def test_what_cannot_be_averaged_is_a_one_line_error(tmp_path, capsys, problem):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and err.count("\n") == 1
     assert not (tmp_path / "soup" / "best.pt").exists()
+
+
+def test_a_soup_names_every_teacher_its_ingredients_learnt_from(tmp_path):
+    runs = [trained_like("whitened_vgg_fast", 1, tmp_path, teacher="weights/whitened_vgg_best.pt"),
+            trained_like("whitened_vgg_fast", 2, tmp_path, teacher="weights/whitened_vgg_best.pt"),
+            trained_like("whitened_vgg_fast", 3, tmp_path,
+                         teacher=("weights/whitened_vgg_best.pt", "weights/efficientnet_lite0.pt"))]
+    assert soup_main([*runs, "--out", str(tmp_path / "soup")]) == 0
+    teacher = load_checkpoint(tmp_path / "soup" / "best.pt")["recipe"]["teacher"]
+    assert teacher == ["weights/whitened_vgg_best.pt", "weights/efficientnet_lite0.pt"]

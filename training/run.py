@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="override the recipe's (global) batch size")
     p.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
     p.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
-    p.add_argument("--teacher", help="distil from this checkpoint (override the recipe's teacher)")
+    p.add_argument("--teacher", nargs="+", metavar="CKPT",
+                   help="distil from this checkpoint, or from the mean of several (override the recipe's teacher)")
     p.add_argument("--start-from", help="start from this checkpoint's weights, same model (fine-tuning; override "
                    "the recipe's start_from)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
@@ -368,7 +369,10 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
                                procs.device, amp=plan.precision.autocast, tta=recipe.teacher_tta)
         shown = "; it sees the views before the upload damage" if data.train.undamaged_twin else ""
         tta = f", its test-time augmentation {recipe.teacher_tta}" if recipe.teacher_tta != "none" else ""
-        procs.say(f"distilling from {recipe.teacher} (T {recipe.distill_temperature}, alpha {recipe.distill_alpha}"
+        if distill.external_data and not plan.run_args.pretrained:
+            plan.run_args.pretrained = distill.external_data
+        teachers = recipe.teacher if isinstance(recipe.teacher, str) else " + ".join(recipe.teacher)
+        procs.say(f"distilling from {teachers} (T {recipe.distill_temperature}, alpha {recipe.distill_alpha}"
                   f"{tta}{shown})")
     return TrainingState(trained, model, optimizer, scheduler, step_count, lookahead, progress, distill)
 

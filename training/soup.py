@@ -91,7 +91,10 @@ def build_soup(paths: list[str | Path], command: str = "") -> Checkpoint:
         else:  # integer buffers (BatchNorm's num_batches_tracked): not weights, the first run's kept
             state[key] = value.clone()
     ingredients = [ingredient_record(c, p) for c, p in zip(ckpts, paths, strict=True)]
-    teachers = {c["recipe"].get("teacher") for c in ckpts}
+    teachers = []  # every teacher any ingredient learnt from, in order (a recipe names one path or a list)
+    for c in ckpts:
+        named = c["recipe"].get("teacher") or []
+        teachers += [t for t in ([named] if isinstance(named, str) else named) if t not in teachers]
     precisions = {i["precision"] for i in ingredients}
     pretrained = sorted({i["pretrained"] for i in ingredients if i["pretrained"]})
     names = [i["name"] for i in ingredients]
@@ -100,7 +103,7 @@ def build_soup(paths: list[str | Path], command: str = "") -> Checkpoint:
         "state_dict": state, "classes": list(first["classes"]), "mean": list(first["mean"]),
         "std": list(first["std"]),
         "recipe": {"model": first["arch"], "soup_of": names, "combine": COMBINE, "tta": recipe_tta(first),
-                   **({"teacher": teachers.pop()} if len(teachers) == 1 and None not in teachers else {}),
+                   **({"teacher": teachers[0] if len(teachers) == 1 else teachers} if teachers else {}),
                    "ingredients": ingredients,
                    "source": "ours: uniform weight average (model soup) of " + " + ".join(names)},
         # No epochs of its own: its training time is its ingredients'.
