@@ -439,14 +439,20 @@ def header(data: dict, where: str, extra: str = "") -> str:
 
 ROBUSTNESS = f"{RESULTS}/upload_robustness.json"
 ROBUSTNESS_COMMAND = "python benchmarks/upload_robustness.py --images 500"
+ROBUSTNESS_2000 = f"{RESULTS}/upload_robustness_2000.json"
+ROBUSTNESS_2000_COMMAND = ("python benchmarks/upload_robustness.py --images 2000 --models MODEL... "
+                           "--out benchmarks/results/upload_robustness_2000.json")
 
 
-def block_upload_robustness(src: Sources) -> str:
-    where = ROBUSTNESS
-    data = src.json(where, ROBUSTNESS_COMMAND)
+def robustness_table(src: Sources, where: str, command: str, every_model: bool) -> str:
+    """Per measured file: native accuracy, worst content-preserving variant, mean drop, variants within a point.
+    ``every_model``: the file is meant to cover every shipped model (name the missing ones); else it is a
+    closer look at a few, and the variants over a point are listed for each."""
+    data = src.json(where, command)
     manifest = src.manifest()
     measured = need(data, "models", where)
-    rows = []
+    variants = need(data, "variants", where)
+    rows, over = [], []
     for name, m in measured.items():
         entry = manifest["models"].get(name)
         current = "yes" if entry and m.get("sha256") == served_sha256(entry) else "no: another file is served now"
@@ -454,13 +460,29 @@ def block_upload_robustness(src: Sources) -> str:
         rows.append([name_cell(name, manifest), m.get("precision", "?"), pct(m["native_accuracy"]),
                      f"{code(worst['name'])} (-{points(worst['drop_points'])}, se {points(worst['drop_se_points'])})",
                      points(m["mean_drop_points"]), m["variants_within_1_point"].replace("/", " / "), current])
-    missing = sorted(set(manifest["models"]) - set(measured))
+        losing = sorted(((v["drop_points"], v["drop_se_points"], k) for k, v in m["variants"].items()
+                         if not variants[k]["content_changing"] and v["drop_points"] > DEFAULT_MAX_UPLOAD_DROP_POINTS),
+                        reverse=True)
+        over.append(f"- {code(name)}: " + (", ".join(f"{code(k)} -{points(d)} (se {points(se)})"
+                                                    for d, se, k in losing) or "none"))
     text = table(["served file", "precision", "native accuracy", "worst content-preserving variant (drop, points)",
                   "mean drop (points)", "variants within 1 point", "the file served now"], rows, right={2, 4, 5})
+    if not every_model:
+        text += (f"\n\nContent-preserving variants more than {DEFAULT_MAX_UPLOAD_DROP_POINTS:g} point(s) below native:"
+                 "\n\n" + "\n".join(over))
     text += "\n\n" + header(data, where, f"{data.get('images', '?')} test images")
-    if missing:
+    missing = sorted(set(manifest["models"]) - set(measured))
+    if every_model and missing:
         text += "\n\nNot measured yet: " + ", ".join(map(code, missing)) + "."
     return text
+
+
+def block_upload_robustness(src: Sources) -> str:
+    return robustness_table(src, ROBUSTNESS, ROBUSTNESS_COMMAND, every_model=True)
+
+
+def block_upload_robustness_2000(src: Sources) -> str:
+    return robustness_table(src, ROBUSTNESS_2000, ROBUSTNESS_2000_COMMAND, every_model=False)
 
 
 def served_sha256(entry: dict) -> str | None:
@@ -870,6 +892,7 @@ BLOCKS: dict[str, Block] = {
     "runs": Block(block_runs, f"{RUNS}/*/metrics.jsonl and logs, {MANIFEST}"),
     "seed-spread": Block(block_seed_spread, f"{RUNS}/*_s<seed>/metrics.jsonl"),
     "upload-robustness": Block(block_upload_robustness, f"{RESULTS}/upload_robustness.json, {MANIFEST}"),
+    "upload-robustness-2000": Block(block_upload_robustness_2000, f"{ROBUSTNESS_2000}, {MANIFEST}"),
     "time-to-accuracy": Block(block_time_to_accuracy, f"{RESULTS}/time_to_accuracy_cpu.json"),
     "accuracy-vs-minutes": Block(block_accuracy_vs_minutes, f"{RESULTS}/accuracy_vs_minutes_cpu.json"),
     "train-precision": Block(block_train_precision, f"{RESULTS}/train_precision_cpu.json"),

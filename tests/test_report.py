@@ -208,3 +208,24 @@ def test_the_models_table_names_every_teacher_of_a_student():
     assert report.training_data(one).endswith("distilled from `weights/whitened_vgg_best.pt`")
     assert report.training_data(two) == ("**ImageNet-1k pretrained (external data): pkg==1**; distilled from "
                                          "`weights/whitened_vgg_best.pt` + `weights/efficientnet_lite0.pt`")
+
+
+def test_the_closer_robustness_look_lists_each_models_variants_over_a_point(repo, capsys):
+    """The 2,000-image block names, per model, every content-preserving variant that costs more than the
+    default's bar, and "none" for a model within it everywhere; content-changing variants never count."""
+    path = repo / "benchmarks" / "results" / "upload_robustness_2000.json"
+    data = json.loads(path.read_text())
+    first, second = list(data["models"])[:2]
+    changing = next(k for k, v in data["variants"].items() if v["content_changing"])
+    preserving = next(k for k, v in data["variants"].items() if not v["content_changing"] and k != "native")
+    for name in (first, second):
+        for variant in data["models"][name]["variants"].values():
+            variant["drop_points"], variant["drop_se_points"] = 0.0, 0.1
+    data["models"][first]["variants"][preserving]["drop_points"] = 2.5
+    data["models"][second]["variants"][changing]["drop_points"] = 9.0
+    path.write_text(json.dumps(data))
+    assert report.main(["--root", str(repo)]) == 0
+    capsys.readouterr()
+    page = (repo / "docs" / "benchmarks.md").read_text()
+    assert f"- `{first}`: `{preserving}` -2.50 (se 0.10)\n" in page
+    assert f"- `{second}`: none\n" in page
