@@ -142,6 +142,7 @@ def test_a_recipe_names_several_teachers_as_a_tuple_and_one_as_a_path():
     assert recipe.teacher == ("weights/whitened_vgg_best.pt", "weights/efficientnet_lite0.pt")
     assert recipe.replace(teacher=["a.pt", "b.pt"]).teacher == ("a.pt", "b.pt")  # a list from JSON or argparse
     assert recipe.replace(teacher=["a.pt"]).teacher == "a.pt"
+    assert recipe.replace(teacher="a.pt").teachers == ("a.pt",) and recipe.replace(teacher="").teachers == ()
 
 
 def test_a_student_of_a_pretrained_teacher_records_the_external_data(fresh_checkpoint, data_archive, tmp_path):

@@ -77,6 +77,11 @@ class Recipe:
         if self.start_from and self.init != "random":
             raise ValueError("start_from and init='imagenet' both choose the starting weights: give one")
 
+    @property
+    def teachers(self) -> tuple[str, ...]:
+        """The checkpoints ``teacher`` names, one or several; () without distillation."""
+        return (self.teacher,) if isinstance(self.teacher, str) and self.teacher else tuple(self.teacher)
+
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 

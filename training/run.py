@@ -365,14 +365,14 @@ def _build_state(plan: RunPlan, data: Data, procs: Processes, resumed: Checkpoin
         trained = torch.compile(trained)
     distill = None
     if recipe.teacher:
-        distill = Distillation(recipe.teacher, data.mean, data.std, recipe.distill_temperature, recipe.distill_alpha,
+        distill = Distillation(recipe.teachers, data.mean, data.std, recipe.distill_temperature, recipe.distill_alpha,
                                procs.device, amp=plan.precision.autocast, tta=recipe.teacher_tta)
         shown = "; it sees the views before the upload damage" if data.train.undamaged_twin else ""
         tta = f", its test-time augmentation {recipe.teacher_tta}" if recipe.teacher_tta != "none" else ""
         if distill.external_data and not plan.run_args.pretrained:
             plan.run_args.pretrained = distill.external_data
-        teachers = recipe.teacher if isinstance(recipe.teacher, str) else " + ".join(recipe.teacher)
-        procs.say(f"distilling from {teachers} (T {recipe.distill_temperature}, alpha {recipe.distill_alpha}"
+        procs.say(f"distilling from {' + '.join(recipe.teachers)} (T {recipe.distill_temperature}, "
+                  f"alpha {recipe.distill_alpha}"
                   f"{tta}{shown})")
     return TrainingState(trained, model, optimizer, scheduler, step_count, lookahead, progress, distill)
 
