@@ -81,18 +81,34 @@ def measure(path: Path, cifar, seconds: float) -> dict:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--models, --weights, --data: which packaged fp32 files to measure on which data."""
     parser.add_argument("--models", nargs="*", help="names in --weights (default: every fp32 .onnx there)")
     parser.add_argument("--weights", type=Path, default=ROOT / "weights")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("CIFAR10_DATA", DEFAULT_DATA)))
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed pass")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "int8.json")
-    args = parser.parse_args()
+
+
+def chosen_models(args: argparse.Namespace, prog: str) -> list[str]:
+    """The names ``--models`` gives, or every fp32 file in ``--weights``; a one-line exit naming any missing."""
     names = args.models or sorted(p.stem for p in args.weights.glob("*.onnx") if not p.stem.endswith(".int8"))
     missing = [n for n in names if not (args.weights / f"{n}.onnx").is_file()]
     if missing:
-        raise SystemExit(f"int8: no {', '.join(missing)} in {args.weights}")
+        raise SystemExit(f"{prog}: no {', '.join(missing)} in {args.weights}")
+    return names
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+            "onnxruntime": ort.__version__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_arguments(parser)
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one timed pass")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "int8.json")
+    args = parser.parse_args()
+    names = chosen_models(args, "int8")
     cifar = load_cifar10(args.data)
     rows = []
     for name in names:
@@ -102,8 +118,7 @@ def main() -> None:
         "benchmark": "int8",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": repo_relative_command(" ".join(["python", "benchmarks/int8.py", *sys.argv[1:]])),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-                    "onnxruntime": ort.__version__},
+        "machine": machine(),
         "data": repo_relative(args.data),
         "rule": "int8 served when it loses <= 0.3 points on the 10,000 test images and is faster at batch 1",
         "models": rows,

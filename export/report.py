@@ -608,6 +608,27 @@ def block_int8(src: Sources) -> str:
             + ", ".join(map(code, commands)) + ".")
 
 
+CALIBRATION_INT8 = f"{RESULTS}/calibration_int8.json"
+
+
+def block_int8_calibration(src: Sources) -> str:
+    data = src.json(CALIBRATION_INT8, "python benchmarks/int8_calibration.py")
+    models = need(data, "models", CALIBRATION_INT8)
+    variants = list(need(models[0], "variants", CALIBRATION_INT8)) if models else []
+    rows = []
+    for m in models:
+        cells = [code(m["model"]), pct(m["fp32_test_accuracy"])]
+        for name in variants:
+            v = m["variants"][name]
+            cell = f"{pct(v['held_out_agreement'])} / {pct(v['test_accuracy'])}"
+            cells.append(f"**{cell}**" if v["project"] else cell)
+        rows.append(cells)
+    held = data.get("held_out_images", "?")
+    return (table(["model", "fp32 test accuracy", *variants], rows, right=set(range(1, len(variants) + 2)))
+            + f"\n\nEach int8 cell: agreement with the fp32 file on {held:,} training images the calibration never saw"
+            " / test accuracy on the 10,000 test images; bold: the method `export.quantize` uses. "
+            + header(data, CALIBRATION_INT8, f"{data.get('calibration_images', '?')} calibration images"))
+
 def service_label(data: dict) -> str:
     s = data.get("service", {})
     batching = ("batching" if s.get("batch_max_images", 1) > 1 else "no batching") if "batch_max_images" in s else ""
@@ -901,6 +922,7 @@ BLOCKS: dict[str, Block] = {
     "train-throughput": Block(block_train_throughput, f"{RESULTS}/train_throughput_cpu.json"),
     "activation-bf16": Block(block_activation_bf16, f"{RESULTS}/activation_bf16_cpu.json"),
     "int8": Block(block_int8, f"{RESULTS}/int8*.json"),
+    "int8-calibration": Block(block_int8_calibration, CALIBRATION_INT8),
     "served-graph": Block(block_served_graph, f"{RESULTS}/served_graph.json"),
     "serve-load": Block(block_serve_load, f"{RESULTS}/serve_load*.json"),
     "serve-cpu": Block(block_serve_cpu, f"{RESULTS}/serve_load.json"),

@@ -27,6 +27,7 @@ from export.onnx import export_checkpoint
 from export.onnx import main as export_main
 from export.onnx_accuracy import main as onnx_accuracy_main
 from export.parity import measure_parity
+from export.quantize import METHOD, image_layers
 from training.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
 from training.data import CLASSES
 from training.models import list_models
@@ -335,9 +336,17 @@ def test_int8_variant_is_scored_and_kept_only_within_the_drop(fresh_checkpoint, 
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     consumers = {i: n for n in proto.graph.node for i in n.input}
     head = [consumers["image"]]  # the uint8 input still goes through the float preprocessing chain
-    while head[-1].op_type != "QuantizeLinear":
+    while head[-1].op_type not in ("Conv", "QuantizeLinear"):
         head.append(consumers[head[-1].output[0]])
-    assert [n.op_type for n in head] == ["Transpose", "Cast", "Div", "Sub", "Div", "QuantizeLinear"]
+    # ... into the first convolution, which stays float (export.quantize.image_layers), with float weights
+    assert [n.op_type for n in head] == ["Transpose", "Cast", "Div", "Sub", "Div", "Conv"]
+    initializers = {t.name for t in proto.graph.initializer}
+    assert head[-1].input[1] in initializers
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    later = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n is not head[-1]]
+    assert later and all(producers[n.input[0]].op_type == "DequantizeLinear"
+                         and producers[n.input[1]].op_type == "DequantizeLinear" for n in later)
+    assert figures["method"] == METHOD and "Percentile" in figures["method"]
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["classes"]) == list(CLASSES) and json.loads(meta["quantization"])["kept"]
     logits, probs = onnx_outputs(int8_file, np.zeros((3, 32, 32, 3), np.uint8))
@@ -384,3 +393,29 @@ def test_subnormal_weights_are_written_as_zero_and_parity_still_holds(fresh_chec
         values = onnx.numpy_helper.to_array(initializer)
         if values.dtype == np.float32:
             assert not ((values != 0) & (np.abs(values) < tiny)).any(), initializer.name
+
+
+def test_the_layers_left_float_are_those_reading_the_image_in_every_branch():
+    """An ensemble's file has one first convolution per member, each behind its own preprocessing; a layer fed by
+    another quantizable layer is never among them, however the graph branches."""
+    from onnx import TensorProto, helper
+
+    def conv(name, x, out):
+        return helper.make_node("Conv", [x, f"{name}_w"], [out], name=name)
+
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT, name="cast"),
+        helper.make_node("Div", ["x", "scale_a"], ["a_in"], name="norm_a"),
+        conv("member_a_first", "a_in", "a1"), conv("member_a_second", "a1", "a2"),
+        helper.make_node("Sub", ["x", "mean_b"], ["b_in"], name="norm_b"),
+        conv("member_b_first", "b_in", "b1"),
+        helper.make_node("Relu", ["b1"], ["b1r"], name="relu_b"), conv("member_b_second", "b1r", "b2"),
+        helper.make_node("Add", ["a2", "b2"], ["y"], name="mean"),
+    ]
+    graph = helper.make_graph(nodes, "ensemble", [helper.make_tensor_value_info("image", TensorProto.UINT8, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    assert sorted(image_layers(helper.make_model(graph))) == ["member_a_first", "member_b_first"]
+    weight = helper.make_tensor("member_a_second_w", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])
+    graph.initializer.append(weight)  # a weight listed among the inputs, as files of IR version < 4 do
+    graph.input.append(helper.make_tensor_value_info("member_a_second_w", TensorProto.FLOAT, [1, 1, 1, 1]))
+    assert sorted(image_layers(helper.make_model(graph))) == ["member_a_first", "member_b_first"]

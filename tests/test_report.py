@@ -229,3 +229,20 @@ def test_the_closer_robustness_look_lists_each_models_variants_over_a_point(repo
     page = (repo / "docs" / "benchmarks.md").read_text()
     assert f"- `{first}`: `{preserving}` -2.50 (se 0.10)\n" in page
     assert f"- `{second}`: none\n" in page
+
+
+def test_the_calibration_table_marks_the_method_export_quantize_uses(repo, capsys):
+    """Each cell is agreement with fp32 on held-out training images / test accuracy; the project's variant is bold,
+    whichever variant that is in the results file."""
+    path = repo / "benchmarks" / "results" / "calibration_int8.json"
+    data = json.loads(path.read_text())
+    model = data["models"][0]
+    names = list(model["variants"])
+    for i, name in enumerate(names):
+        model["variants"][name].update(project=i == 0, held_out_agreement=0.9901 + i / 10_000, test_accuracy=0.9)
+    path.write_text(json.dumps(data))
+    assert report.main(["--root", str(repo)]) == 0
+    capsys.readouterr()
+    row = next(line for line in (repo / "docs" / "benchmarks.md").read_text().splitlines()
+               if line.startswith(f"| `{model['model']}` |"))
+    assert "| **99.01% / 90.00%** |" in row and "| 99.02% / 90.00% |" in row and "**99.02%" not in row

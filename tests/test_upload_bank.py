@@ -12,7 +12,7 @@ from PIL import Image
 
 from common import images
 from training import upload_bank
-from training.augment import Augment
+from training.augment import UPLOAD_BANK_DEFAULT_FORMATS, UPLOAD_BANK_FORMATS, Augment
 from training.data import DeviceLoader
 from training.recipes import RECIPES, Recipe
 from training.run import main as run_main
@@ -43,9 +43,43 @@ def test_draws_cover_the_class_of_uploads():
     assert min(enlarged) >= upload_bank.SCALES[0] and max(enlarged) <= upload_bank.SCALES[1]
     assert min(enlarged) < 1.5 and max(enlarged) > 10
     assert {d.filter for d in draws} == set(upload_bank.FILTERS)
-    assert {d.fmt for d in draws} == set(upload_bank.FORMATS)
+    assert {d.fmt for d in draws} == set(UPLOAD_BANK_DEFAULT_FORMATS)
     qualities = {d.quality for d in draws}
     assert min(qualities) == upload_bank.QUALITIES[0] and max(qualities) == upload_bank.QUALITIES[1]
+
+
+def test_palette_clients_send_at_most_256_colours_as_the_service_decodes_them(cifar):
+    picture = cifar.train_images[7]
+    for fmt in ("palette", "gif"):
+        for scale in (1.0, 3.0):
+            upload = ClientUpload(scale=scale, filter=Image.Resampling.BILINEAR, fmt=fmt, quality=90)
+            file = upload.file(Image.fromarray(picture))
+            stored = Image.open(io.BytesIO(file))
+            assert stored.format == ("PNG" if fmt == "palette" else "GIF") and stored.mode == "P"
+            assert len(np.unique(np.asarray(stored.convert("RGB")).reshape(-1, 3), axis=0)) <= 256
+            np.testing.assert_array_equal(received(picture, upload), images.decode(file, images.MAX_PIXELS))
+    rng = np.random.default_rng(1)
+    draws = [ClientUpload.draw(rng, UPLOAD_BANK_FORMATS) for _ in range(1000)]
+    assert {d.fmt for d in draws} == set(UPLOAD_BANK_FORMATS)
+    assert {d.fmt for d in draws if d.scale == 1.0} == set(UPLOAD_BANK_FORMATS) - {"lossless"}
+
+
+def test_a_recipe_names_only_known_bank_formats_and_at_least_one_lossy():
+    assert Augment(upload_bank_formats=["jpeg", "gif"]).upload_bank_formats == ("jpeg", "gif")  # a list from JSON
+    with pytest.raises(ValueError, match="not bmp"):
+        Augment(upload_bank_formats=("jpeg", "bmp"))
+    with pytest.raises(ValueError, match="lossy"):
+        Augment(upload_bank_formats=("lossless",))
+
+
+def test_a_bank_of_other_formats_is_cached_apart_from_the_default(cifar, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR10_CACHE", str(tmp_path))
+    pictures = cifar.train_images[:30]
+    default = load_bank(pictures, 1, 0, workers=1, say=lambda _: None)
+    palettes = load_bank(pictures, 1, 0, workers=1, say=lambda _: None, formats=("palette", "gif"))
+    assert len(list(tmp_path.glob("upload-bank-*.npy"))) == 2
+    assert not np.array_equal(default, palettes)
+    np.testing.assert_array_equal(load_bank(pictures, 1, 0, workers=1, say=lambda _: None), default)
 
 
 def test_the_bank_is_damaged_close_to_the_picture_and_the_same_however_it_is_made(cifar):

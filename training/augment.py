@@ -14,6 +14,10 @@ import torch
 import torch.nn.functional as F
 
 UPLOAD_JPEG_QUALITY = (40, 95)  # the JPEG qualities a re-saved upload is drawn from, unless a recipe says otherwise
+# The files an upload-bank client may send (training/upload_bank.py makes them): "lossless" (any lossless format: the
+# same pixels), JPEG with 4:2:0 or 4:4:4 chroma, WebP, and 256-colour palettes (PNG median cut, Pillow's GIF writer).
+UPLOAD_BANK_FORMATS = ("lossless", "jpeg", "jpeg-444", "webp", "palette", "gif")
+UPLOAD_BANK_DEFAULT_FORMATS = UPLOAD_BANK_FORMATS[:4]  # the bank before palettes: the recipes that trained on it
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Augment:
     # the crop, by one of upload_bank_copies copies made through real client codecs and the service's decode.
     upload_bank: float = 0.0
     upload_bank_copies: int = 4
+    upload_bank_formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS  # drawn uniformly among these
 
     def __post_init__(self):
         if self.pad_mode not in ("constant", "reflect"):
@@ -51,6 +56,13 @@ class Augment:
         if self.upload_bank_copies < 1:
             raise ValueError("upload_bank_copies must be >= 1")
         object.__setattr__(self, "upload_jpeg_quality", tuple(self.upload_jpeg_quality))  # a list from JSON
+        object.__setattr__(self, "upload_bank_formats", tuple(self.upload_bank_formats))
+        unknown = sorted(set(self.upload_bank_formats) - set(UPLOAD_BANK_FORMATS))
+        if unknown or not self.upload_bank_formats:
+            raise ValueError(f"upload_bank_formats are some of {', '.join(UPLOAD_BANK_FORMATS)}"
+                             + (f", not {', '.join(unknown)}" if unknown else ""))
+        if self.upload_bank_formats == ("lossless",):
+            raise ValueError("upload_bank_formats needs a lossy format: a 32x32 upload is always re-encoded")
         low, high = self.upload_jpeg_quality
         if not 1 <= low <= high <= 100:
             raise ValueError("upload_jpeg_quality is a (low, high) range of JPEG qualities within 1..100")

@@ -310,11 +310,13 @@ def _build_data(source: str | None, download: bool, plan: RunPlan, procs: Proces
     augment = plan.recipe.augment
     if augment.upload_bank:  # rank 0 makes and caches it, the others read the cache
         if procs.is_main:
-            bank = load_bank(train_x, augment.upload_bank_copies, run.seed, say=procs.say)
+            bank = load_bank(train_x, augment.upload_bank_copies, run.seed, say=procs.say,
+                             formats=augment.upload_bank_formats)
         if procs.world_size > 1:
             dist.barrier()
         if not procs.is_main:
-            bank = load_bank(train_x, augment.upload_bank_copies, run.seed, say=procs.say)
+            bank = load_bank(train_x, augment.upload_bank_copies, run.seed, say=procs.say,
+                             formats=augment.upload_bank_formats)
 
     def loader(x, y, train: bool) -> DeviceLoader:
         per_rank = plan.recipe.batch_size // procs.world_size if train else 500

@@ -3,7 +3,8 @@
 ``training/augment.py``'s upload damage is a tensor model of a client's resize and JPEG re-save, applied to
 each view after its random crop. This bank is the real thing, made once per training set: every image saved
 ``copies`` times as a client would (enlarged by one of Pillow's filters or sent at 32x32, stored as lossless,
-JPEG or WebP at a random quality) and decoded by the service's own ``common.images.decode``. Two things the
+JPEG or WebP at a random quality, or, where a recipe's ``upload_bank_formats`` name them, as a 256-colour PNG or
+GIF) and decoded by the service's own ``common.images.decode``. Two things the
 tensor model misses come with it: a re-save is aligned with the stored image's 8x8 JPEG grid, as an upload's
 is (the training images are JPEG q75 themselves, so a re-save at q50 is a double compression whose tables are
 exactly twice the first's, costlier than q30: 86.2% against 87.6% for ``whitened_vgg_fast_robust`` on 2,000
@@ -30,6 +31,7 @@ from PIL import Image
 
 from common import images
 from common.files import atomic_write
+from training.augment import UPLOAD_BANK_DEFAULT_FORMATS
 from training.data import default_cache_dir
 
 BANK_FORMAT = 1  # bump when the same draw would give other pixels (a new filter, format or range)
@@ -37,7 +39,7 @@ NATIVE_SIZE_SHARE = 0.3  # uploads sent at the image's own size (then always los
 SCALES = (1.25, 16.0)    # the other uploads are enlarged by a factor drawn log-uniformly from this range
 FILTERS = (Image.Resampling.NEAREST, Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.HAMMING,
            Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
-FORMATS = ("lossless", "jpeg", "jpeg-444", "webp")  # drawn uniformly; 32x32 uploads draw among the lossy ones
+PALETTE_COLOURS = 256    # "palette" and "gif": as many colours as a GIF or an 8-bit PNG holds
 QUALITIES = (30, 95)     # JPEG and WebP quality, uniform, both ends included
 
 
@@ -51,11 +53,13 @@ class ClientUpload:
     quality: int
 
     @classmethod
-    def draw(cls, rng: np.random.Generator) -> ClientUpload:
+    def draw(cls, rng: np.random.Generator, formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS) -> ClientUpload:
+        """One client among ``formats`` (``training.augment.UPLOAD_BANK_FORMATS``), drawn uniformly; a 32x32
+        upload draws among the lossy ones."""
         native = rng.random() < NATIVE_SIZE_SHARE
         low, high = SCALES
         scale = 1.0 if native else math.exp(rng.uniform(math.log(low), math.log(high)))
-        formats = FORMATS[1:] if native else FORMATS
+        formats = tuple(f for f in formats if f != "lossless") if native else formats
         return cls(scale=scale, filter=FILTERS[rng.integers(len(FILTERS))], fmt=formats[rng.integers(len(formats))],
                    quality=int(rng.integers(QUALITIES[0], QUALITIES[1] + 1)))
 
@@ -69,8 +73,14 @@ class ClientUpload:
             picture.save(out, "BMP")  # any lossless format gives the service the same pixels; BMP is the fastest
         elif self.fmt.startswith("jpeg"):
             picture.save(out, "JPEG", quality=self.quality, subsampling=0 if self.fmt == "jpeg-444" else 2)
-        else:
+        elif self.fmt == "webp":
             picture.save(out, "WEBP", quality=self.quality)
+        elif self.fmt == "palette":
+            picture.quantize(PALETTE_COLOURS, Image.Quantize.MEDIANCUT).save(out, "PNG")
+        elif self.fmt == "gif":
+            picture.save(out, "GIF")  # Pillow's writer makes the palette itself
+        else:
+            raise ValueError(f"unknown upload format {self.fmt!r}")
         return out.getvalue()
 
 
@@ -79,22 +89,25 @@ def received(picture: np.ndarray, upload: ClientUpload) -> np.ndarray:
     return images.decode(upload.file(Image.fromarray(picture)), images.MAX_PIXELS)
 
 
-def _copies_of(task: tuple[np.ndarray, int, int, int]) -> np.ndarray:
-    pictures, first_index, copies, seed = task
+def _copies_of(task: tuple[np.ndarray, int, int, int, tuple[str, ...]]) -> np.ndarray:
+    pictures, first_index, copies, seed, formats = task
     out = np.empty((copies, *pictures.shape), dtype=np.uint8)
     for i, picture in enumerate(pictures):
         for copy in range(copies):
             rng = np.random.default_rng((seed, copy, first_index + i))  # the same draw whatever the chunking
-            out[copy, i] = received(picture, ClientUpload.draw(rng))
+            out[copy, i] = received(picture, ClientUpload.draw(rng, formats))
     return out
 
 
-def make_bank(pictures: np.ndarray, copies: int, seed: int, workers: int = 1) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (copies, N, H, W, 3) uint8: each picture as ``copies`` random clients upload it."""
+def make_bank(pictures: np.ndarray, copies: int, seed: int, workers: int = 1,
+              formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (copies, N, H, W, 3) uint8: each picture as ``copies`` random clients upload it,
+    each client sending one of ``formats``."""
     if copies < 1:
         raise ValueError("an upload bank needs at least one copy per image")
     chunk = 500
-    tasks = [(pictures[start:start + chunk], start, copies, seed) for start in range(0, len(pictures), chunk)]
+    tasks = [(pictures[start:start + chunk], start, copies, seed, tuple(formats))
+             for start in range(0, len(pictures), chunk)]
     if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(workers) as pool:
             parts = list(pool.map(_copies_of, tasks))
@@ -103,16 +116,19 @@ def make_bank(pictures: np.ndarray, copies: int, seed: int, workers: int = 1) ->
     return np.concatenate(parts, axis=1) if parts else np.empty((copies, *pictures.shape), dtype=np.uint8)
 
 
-def _cache_file(pictures: np.ndarray, copies: int, seed: int) -> Path:
+def _cache_file(pictures: np.ndarray, copies: int, seed: int, formats: tuple[str, ...]) -> Path:
     key = f"v{BANK_FORMAT}|{copies}|{seed}|{pictures.shape}|{Image.__version__}|{images.RESAMPLE.name}"
+    if tuple(formats) != UPLOAD_BANK_DEFAULT_FORMATS:  # the default's key as before: its caches stay valid
+        key += f"|{','.join(formats)}"
     digest = hashlib.sha256(key.encode())
     digest.update(np.ascontiguousarray(pictures).data)
     return default_cache_dir() / f"upload-bank-{digest.hexdigest()[:20]}.npy"
 
 
-def load_bank(pictures: np.ndarray, copies: int, seed: int, workers: int | None = None, say=print) -> np.ndarray:
+def load_bank(pictures: np.ndarray, copies: int, seed: int, workers: int | None = None, say=print,
+              formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS) -> np.ndarray:
     """``make_bank`` through the on-disk cache (a damaged cache file is rebuilt, never trusted)."""
-    path = _cache_file(pictures, copies, seed)
+    path = _cache_file(pictures, copies, seed, formats)
     expected = (copies, *pictures.shape)
     if path.exists():
         try:
@@ -124,7 +140,7 @@ def load_bank(pictures: np.ndarray, copies: int, seed: int, workers: int | None 
     workers = workers or os.cpu_count() or 1
     say(f"upload bank: {len(pictures):,} images x {copies} client uploads through the service's decode "
         f"({workers} processes; cached as {path})")
-    bank = make_bank(pictures, copies, seed, workers)
+    bank = make_bank(pictures, copies, seed, workers, formats)
     try:
         atomic_write(path, lambda f: np.save(f, bank))
     except OSError:
