@@ -320,6 +320,9 @@ RECIPES["whitened_vgg_fast_flip_teacher"] = dataclasses.replace(
 # native, WebP q50 1.7. A third of the earlier fine-tunes' peak LR and 8 epochs, so the run stays near the soup's
 # weights (every fine-tune at the full quarter-peak LR ended at 91.68-91.84%, the soup is at 92.15%); 60% of the
 # images from the bank, with palettes and GIFs two of six formats; the teacher, augmentation and loss as before.
+# Not shipped: 91.94% against the soup's 92.15% (fp32), 8 epochs of ~385 s on 2 cores in fp32 (no bf16 on that
+# CPU), after ~25 min making the bank; averaged back with the soup, 92.07% (docs/runs/wvf_soup_palettes,
+# docs/runs/wvf_soup/soup_and_palettes.log). Even a third of the LR walks this network out of the soup's basin.
 RECIPES["whitened_vgg_fast_soup_palettes"] = dataclasses.replace(
     RECIPES["whitened_vgg_fast_uploads"], epochs=8, lr=0.1, start_from="weights/whitened_vgg_fast_soup.pt",
     augment=dataclasses.replace(RECIPES["whitened_vgg_fast_uploads"].augment, upload_bank_formats=UPLOAD_BANK_FORMATS),
