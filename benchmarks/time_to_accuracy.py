@@ -24,6 +24,7 @@ from pathlib import Path
 from common.files import write_json
 from common.paths import REPO_ROOT as ROOT
 from common.paths import repo_relative_command
+from export.report import PROJECT_DATA, run_data
 
 THRESHOLDS = (0.80, 0.85, 0.87, 0.90, 0.93, 0.94)
 
@@ -64,6 +65,13 @@ def read_metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def on_project_data(folder: Path) -> bool:
+    """Whether a run trained and tested on the project's archive (not on an upload variant's, whose test accuracy
+    is on other images: benchmarks/variant_archive.py)."""
+    log = folder / "log.txt"
+    return run_data(log.read_text()) == PROJECT_DATA if log.is_file() else True
+
+
 def run_summary(folder: Path, thresholds=THRESHOLDS) -> dict | None:
     if not (folder / "metrics.jsonl").is_file():
         return None
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="*", help="run folders (default: every folder in docs/runs/)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "time_to_accuracy_cpu.json"))
     args = p.parse_args(argv)
-    folders = [Path(r) for r in args.runs] or sorted(d for d in (ROOT / "docs" / "runs").iterdir() if d.is_dir())
+    folders = [Path(r) for r in args.runs] or sorted(d for d in (ROOT / "docs" / "runs").iterdir()
+                                                     if d.is_dir() and on_project_data(d))
     rows = [r for r in (run_summary(f) for f in folders) if r is not None]
     header = f"{'run':<24}{'final':>8}" + "".join(f"{'>=' + format(t, '.0%'):>10}" for t in THRESHOLDS)
     print(header + "   setting")

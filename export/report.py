@@ -27,7 +27,7 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from common.contract import DEFAULT_MAX_UPLOAD_DROP_POINTS, DEFAULT_MIN_SINGLE_IMAGES_PER_S, NO_TTA
 from common.paths import REPO_ROOT
@@ -324,6 +324,14 @@ def block_models_curves(src: Sources) -> str:
 
 LOG_HEAD = re.compile(r"^(\w+): ([\d,]+) params, ([\d,]+) train / ([\d,]+) val", re.M)
 PRECISION_LINE = re.compile(r"^precision: (\w+).*?(\d+) CPU thread", re.M)
+DATA_ARGUMENT = re.compile(r"^\$ .*?--data[ =](\S+)", re.M)  # the log's first line: the command that ran
+PROJECT_DATA = "cifar10-jpeg.tar.gz"  # ../shared/data's archive; a run on other data says which in the runs table
+
+
+def run_data(log: str) -> str:
+    """The file name of the archive a run's log says it trained and tested on (the project's, unless it says)."""
+    data = DATA_ARGUMENT.search(log)
+    return PurePosixPath(data.group(1)).name if data else PROJECT_DATA
 
 
 @dataclass
@@ -334,6 +342,12 @@ class Run:
     val_images: str
     rows: list[dict]
     setting: str
+    data: str = PROJECT_DATA  # the --data archive's file name
+
+    @property
+    def what(self) -> str:
+        """The model, and the data where a run trained and tested on another archive than the project's."""
+        return code(self.model) + ("" if self.data == PROJECT_DATA else f" on {code(self.data)}")
 
     @property
     def selected(self) -> dict:
@@ -363,7 +377,7 @@ def read_run(src: Sources, folder: Path) -> Run:
         raise ReportError(f"{where} has no training log naming its model (log.txt or train.log)")
     settings = list(dict.fromkeys(f"{p} on {t} thread(s)" for p, t in PRECISION_LINE.findall(log)))
     return Run(where, head.group(1), head.group(3), head.group(4), rows,
-               ", then ".join(settings) if settings else "not recorded")
+               ", then ".join(settings) if settings else "not recorded", run_data(log))
 
 
 def runs(src: Sources) -> list[Run]:
@@ -388,7 +402,7 @@ def block_runs(src: Sources) -> str:
     for run in runs(src):
         sel = run.selected
         how = "val" if "val_acc" in sel else "last"
-        rows.append([f"[{run.folder.removeprefix(RUNS + '/')}]({src.link(run.folder)}/)", code(run.model),
+        rows.append([f"[{run.folder.removeprefix(RUNS + '/')}]({src.link(run.folder)}/)", run.what,
                      f"{run.train_images} / {run.val_images}", str(len(run.rows)), f"{sel['epoch']} ({how})",
                      run_accuracy(sel), pct(run.rows[-1]["test_acc"]), seconds(run.train_seconds), run.setting,
                      ", ".join(map(code, sorted(shipped.get(run.folder, [])))) or "no"])
@@ -628,6 +642,41 @@ def block_int8_calibration(src: Sources) -> str:
             + f"\n\nEach int8 cell: agreement with the fp32 file on {held:,} training images the calibration never saw"
             " / test accuracy on the 10,000 test images; bold: the method `export.quantize` uses. "
             + header(data, CALIBRATION_INT8, f"{data.get('calibration_images', '?')} calibration images"))
+
+FLOOR_MADE_BY = "python benchmarks/variant_archive.py VARIANT, then python -m training.run and training.evaluate"
+FLOOR_CELLS = (("stored", "stored"), ("stored", "variant"), ("variant", "variant"), ("variant", "stored"))
+
+
+def block_variant_floor(src: Sources) -> str:
+    """Per docs/runs/*/floor.json: one recipe trained on the stored images and on an upload variant's archive, each
+    tested on both test splits; what the variant costs the clean model, and what is left once it is trained on."""
+    folders = sorted(p.parent.name for p in src.path(RUNS).glob("*/floor.json")) if src.path(RUNS).is_dir() else []
+    if not folders:
+        raise ReportError(f"{RUNS}/*/floor.json matches no file; they are written with `{FLOOR_MADE_BY}`")
+    rows, sources = [], []
+    for folder in folders:
+        where = f"{RUNS}/{folder}/floor.json"
+        data = src.json(where, FLOOR_MADE_BY)
+        accuracy = {(e["trained_on"], e["tested_on"], e["tta"]): e["accuracy"]
+                    for e in need(data, "evaluations", where)}
+        for tta in dict.fromkeys(tta for _, _, tta in accuracy):
+            missing = [f"trained on {a}, tested on {b}" for a, b in FLOOR_CELLS if (a, b, tta) not in accuracy]
+            if missing:
+                raise ReportError(f"{where} has no accuracy {missing[0]} with TTA {tta}")
+            clean, clean_on_variant, floor, floor_on_clean = (accuracy[(a, b, tta)] for a, b in FLOOR_CELLS)
+            rows.append([code(need(data, "variant", where)), f"[{code(need(data, 'recipe', where))}]"
+                         f"({src.link(f'{RUNS}/{folder}')}/)", tta, pct(clean), pct(clean_on_variant), pct(floor),
+                         pct(floor_on_clean), points(100 * (clean - clean_on_variant)),
+                         points(100 * (clean - floor)), points(100 * (floor - clean_on_variant))])
+        sources.append(header(data, where, f"{need(data, 'test_images', where):,} test images per figure"))
+    return (table(["variant", "recipe (run)", "TTA", "clean model: stored test", "clean model: variant test",
+                   "trained on the variant: variant test", "trained on the variant: stored test",
+                   "the variant costs the clean model",
+                   "left after training on it (floor)", "won back by training on it"], rows, right=set(range(3, 10)))
+            + "\n\nEach row: one recipe and seed trained twice, on the stored images and on every image as the variant "
+              "uploads it, each model tested on both test splits (points: differences of the accuracies shown). "
+            + "; ".join(sources) + "; the `training.evaluate` command of each figure is in the file.")
+
 
 def service_label(data: dict) -> str:
     s = data.get("service", {})
@@ -923,6 +972,7 @@ BLOCKS: dict[str, Block] = {
     "activation-bf16": Block(block_activation_bf16, f"{RESULTS}/activation_bf16_cpu.json"),
     "int8": Block(block_int8, f"{RESULTS}/int8*.json"),
     "int8-calibration": Block(block_int8_calibration, CALIBRATION_INT8),
+    "variant-floor": Block(block_variant_floor, f"{RUNS}/*/floor.json"),
     "served-graph": Block(block_served_graph, f"{RESULTS}/served_graph.json"),
     "serve-load": Block(block_serve_load, f"{RESULTS}/serve_load*.json"),
     "serve-cpu": Block(block_serve_cpu, f"{RESULTS}/serve_load.json"),

@@ -246,3 +246,42 @@ def test_the_calibration_table_marks_the_method_export_quantize_uses(repo, capsy
     row = next(line for line in (repo / "docs" / "benchmarks.md").read_text().splitlines()
                if line.startswith(f"| `{model['model']}` |"))
     assert "| **99.01% / 90.00%** |" in row and "| 99.02% / 90.00% |" in row and "**99.02%" not in row
+
+
+def test_a_run_on_other_data_says_which_in_the_runs_table(repo, capsys):
+    """A run trained and tested on another archive (a variant's floor, benchmarks/variant_archive.py) must not
+    read as the project's test accuracy: its row names the archive its log's command line gave."""
+    run = repo / "docs" / "runs" / "floor_probe"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5,
+                                                   "epoch_seconds": 10.0, "test_acc": 0.4321}) + "\n")
+    (run / "log.txt").write_text(
+        "$ python -m training.run --model whitened_vgg_fast --data ~/cifar-runs/cifar10-x1-jpeg-q50.tar.gz\n"
+        "precision: fp32: no bf16 here; 2 CPU thread(s)\n"
+        "whitened_vgg_fast: 1,971,352 params, 50,000 train / 0 val / 10,000 test images, device cpu\n")
+    assert report.main(["--root", str(repo)]) == 0
+    capsys.readouterr()
+    rows = [line for line in (repo / "docs" / "models.md").read_text().splitlines() if line.startswith("| [")]
+    probe = next(line for line in rows if "floor_probe" in line)
+    assert "| `whitened_vgg_fast` on `cifar10-x1-jpeg-q50.tar.gz` |" in probe and "43.21%" in probe
+    assert not [line for line in rows if "wvf_soup_palettes" in line and " on `" in line]  # the project's data
+
+
+def test_the_floor_table_splits_a_variants_cost_into_what_training_wins_back_and_what_is_left(repo, capsys):
+    path = repo / "docs" / "runs" / "wvf_x1_jpeg_q50" / "floor.json"
+    data = json.loads(path.read_text())
+    figures = {("stored", "stored"): 0.90, ("stored", "variant"): 0.80, ("variant", "variant"): 0.87,
+               ("variant", "stored"): 0.85}
+    data["evaluations"] = [{"trained_on": a, "tested_on": b, "tta": "none", "accuracy": acc, "command": "x"}
+                           for (a, b), acc in figures.items()]
+    path.write_text(json.dumps(data))
+    assert report.main(["--root", str(repo)]) == 0
+    capsys.readouterr()
+    row = next(line for line in (repo / "docs" / "models.md").read_text().splitlines()
+               if line.startswith("| `x1-jpeg-q50` |"))
+    assert row.endswith("| none | 90.00% | 80.00% | 87.00% | 85.00% | 10.00 | 3.00 | 7.00 |")
+    data["evaluations"].pop(1)  # no figure for the clean model on the variant
+    path.write_text(json.dumps(data))
+    code, _, err = check(repo, capsys)
+    assert code != 0 and "floor.json has no accuracy trained on stored, tested on variant with TTA none" in err
+    assert len(err.strip().splitlines()) == 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from time_to_accuracy import run_summary, training_setting  # noqa: E402
+from time_to_accuracy import on_project_data, run_summary, training_setting  # noqa: E402
 
 ONE_THREAD = "bf16 autocast + channels_last: the CPU has AVX512-BF16; 1 CPU thread(s)"
 RESUMED_TWO = "bf16 + channels_last (the run's own); 2 CPU thread(s)"
@@ -37,3 +37,15 @@ def test_summary_sums_training_seconds_until_each_threshold(tmp_path):
     assert summary["seconds_to"] == {"0.80": {"seconds": 210.0, "epoch": 2}, "0.85": {"seconds": 300.0, "epoch": 3}}
     assert summary["final_test_acc"] == 0.86 and summary["train_seconds"] == 300.0
     assert summary["setting"].startswith("not recorded")
+
+
+def test_a_run_on_an_upload_variants_archive_is_not_a_time_to_accuracy_on_the_test_set(tmp_path):
+    """Its test accuracy is on the variant's re-saves (benchmarks/variant_archive.py), so the default list of runs
+    leaves it out; a run whose log names the project's archive, or no archive, stays in."""
+    runs = {"variant": "--data ~/cifar-runs/cifar10-x1-jpeg-q50.tar.gz", "project":
+            "--data ../shared/data/cifar10-jpeg.tar.gz", "unsaid": ""}
+    for name, data in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "log.txt").write_text(f"$ python -m training.run --model m {data}\n"
+                                                 + invocation(ONE_THREAD, 1, 2))
+    assert [name for name in runs if on_project_data(tmp_path / name)] == ["project", "unsaid"]

@@ -64,6 +64,24 @@ def test_palette_clients_send_at_most_256_colours_as_the_service_decodes_them(ci
     assert {d.fmt for d in draws if d.scale == 1.0} == set(UPLOAD_BANK_FORMATS) - {"lossless"}
 
 
+def test_a_recipe_sets_the_share_of_uploads_sent_at_the_images_own_size(cifar, tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    draws = [ClientUpload.draw(rng, UPLOAD_BANK_FORMATS, native_share=0.7) for _ in range(2000)]
+    native = [d for d in draws if d.scale == 1.0]
+    assert 0.65 < len(native) / len(draws) < 0.75 and all(d.fmt != "lossless" for d in native)
+    assert {d.fmt for d in draws if d.scale != 1.0} == set(UPLOAD_BANK_FORMATS)
+    with pytest.raises(ValueError, match="probabilities"):
+        Augment(upload_bank=0.5, upload_bank_native_share=1.5)
+    # another share is another bank: cached apart, with more of its copies at 32x32 (re-encoded, never resized)
+    monkeypatch.setenv("CIFAR10_CACHE", str(tmp_path))
+    pictures = cifar.train_images[:40]
+    usual = load_bank(pictures, 2, 0, workers=1, say=lambda _: None)
+    all_native = load_bank(pictures, 2, 0, workers=1, say=lambda _: None, native_share=1.0)
+    assert len(list(tmp_path.glob("upload-bank-*.npy"))) == 2
+    assert not np.array_equal(usual, all_native)
+    assert (all_native != pictures).any(axis=(2, 3, 4)).all()  # every copy of every image re-encoded lossy
+
+
 def test_a_recipe_names_only_known_bank_formats_and_at_least_one_lossy():
     assert Augment(upload_bank_formats=["jpeg", "gif"]).upload_bank_formats == ("jpeg", "gif")  # a list from JSON
     with pytest.raises(ValueError, match="not bmp"):

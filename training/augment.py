@@ -18,6 +18,7 @@ UPLOAD_JPEG_QUALITY = (40, 95)  # the JPEG qualities a re-saved upload is drawn 
 # same pixels), JPEG with 4:2:0 or 4:4:4 chroma, WebP, and 256-colour palettes (PNG median cut, Pillow's GIF writer).
 UPLOAD_BANK_FORMATS = ("lossless", "jpeg", "jpeg-444", "webp", "palette", "gif")
 UPLOAD_BANK_DEFAULT_FORMATS = UPLOAD_BANK_FORMATS[:4]  # the bank before palettes: the recipes that trained on it
+UPLOAD_BANK_NATIVE_SHARE = 0.3  # of a bank's uploads, those sent at the image's own size (the rest are enlarged)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Augment:
     upload_bank: float = 0.0
     upload_bank_copies: int = 4
     upload_bank_formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS  # drawn uniformly among these
+    upload_bank_native_share: float = UPLOAD_BANK_NATIVE_SHARE  # sent at 32x32, so always re-encoded lossy
 
     def __post_init__(self):
         if self.pad_mode not in ("constant", "reflect"):
@@ -51,8 +53,10 @@ class Augment:
             raise ValueError("hue must be in [0, 0.5]")
         if self.alternating_flip and not self.flip:
             raise ValueError("alternating_flip needs flip=True")
-        if not all(0.0 <= p <= 1.0 for p in (self.upload_resize, self.upload_jpeg, self.upload_bank)):
-            raise ValueError("upload_resize, upload_jpeg and upload_bank are probabilities, in [0, 1]")
+        if not all(0.0 <= p <= 1.0 for p in (self.upload_resize, self.upload_jpeg, self.upload_bank,
+                                             self.upload_bank_native_share)):
+            raise ValueError("upload_resize, upload_jpeg, upload_bank and upload_bank_native_share are "
+                             "probabilities, in [0, 1]")
         if self.upload_bank_copies < 1:
             raise ValueError("upload_bank_copies must be >= 1")
         object.__setattr__(self, "upload_jpeg_quality", tuple(self.upload_jpeg_quality))  # a list from JSON

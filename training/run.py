@@ -311,12 +311,12 @@ def _build_data(source: str | None, download: bool, plan: RunPlan, procs: Proces
     if augment.upload_bank:  # rank 0 makes and caches it, the others read the cache
         if procs.is_main:
             bank = load_bank(train_x, augment.upload_bank_copies, run.seed, say=procs.say,
-                             formats=augment.upload_bank_formats)
+                             formats=augment.upload_bank_formats, native_share=augment.upload_bank_native_share)
         if procs.world_size > 1:
             dist.barrier()
         if not procs.is_main:
             bank = load_bank(train_x, augment.upload_bank_copies, run.seed, say=procs.say,
-                             formats=augment.upload_bank_formats)
+                             formats=augment.upload_bank_formats, native_share=augment.upload_bank_native_share)
 
     def loader(x, y, train: bool) -> DeviceLoader:
         per_rank = plan.recipe.batch_size // procs.world_size if train else 500

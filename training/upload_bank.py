@@ -31,11 +31,10 @@ from PIL import Image
 
 from common import images
 from common.files import atomic_write
-from training.augment import UPLOAD_BANK_DEFAULT_FORMATS
+from training.augment import UPLOAD_BANK_DEFAULT_FORMATS, UPLOAD_BANK_NATIVE_SHARE
 from training.data import default_cache_dir
 
 BANK_FORMAT = 1  # bump when the same draw would give other pixels (a new filter, format or range)
-NATIVE_SIZE_SHARE = 0.3  # uploads sent at the image's own size (then always lossy: a lossless copy is the image)
 SCALES = (1.25, 16.0)    # the other uploads are enlarged by a factor drawn log-uniformly from this range
 FILTERS = (Image.Resampling.NEAREST, Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.HAMMING,
            Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
@@ -53,10 +52,12 @@ class ClientUpload:
     quality: int
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS) -> ClientUpload:
-        """One client among ``formats`` (``training.augment.UPLOAD_BANK_FORMATS``), drawn uniformly; a 32x32
-        upload draws among the lossy ones."""
-        native = rng.random() < NATIVE_SIZE_SHARE
+    def draw(cls, rng: np.random.Generator, formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS,
+             native_share: float = UPLOAD_BANK_NATIVE_SHARE) -> ClientUpload:
+        """One client among ``formats`` (``training.augment.UPLOAD_BANK_FORMATS``), drawn uniformly; sent at the
+        image's own size with probability ``native_share``, and then among the lossy formats only (a lossless
+        32x32 upload is the image itself)."""
+        native = rng.random() < native_share
         low, high = SCALES
         scale = 1.0 if native else math.exp(rng.uniform(math.log(low), math.log(high)))
         formats = tuple(f for f in formats if f != "lossless") if native else formats
@@ -89,24 +90,25 @@ def received(picture: np.ndarray, upload: ClientUpload) -> np.ndarray:
     return images.decode(upload.file(Image.fromarray(picture)), images.MAX_PIXELS)
 
 
-def _copies_of(task: tuple[np.ndarray, int, int, int, tuple[str, ...]]) -> np.ndarray:
-    pictures, first_index, copies, seed, formats = task
+def _copies_of(task: tuple[np.ndarray, int, int, int, tuple[str, ...], float]) -> np.ndarray:
+    pictures, first_index, copies, seed, formats, native_share = task
     out = np.empty((copies, *pictures.shape), dtype=np.uint8)
     for i, picture in enumerate(pictures):
         for copy in range(copies):
             rng = np.random.default_rng((seed, copy, first_index + i))  # the same draw whatever the chunking
-            out[copy, i] = received(picture, ClientUpload.draw(rng, formats))
+            out[copy, i] = received(picture, ClientUpload.draw(rng, formats, native_share))
     return out
 
 
 def make_bank(pictures: np.ndarray, copies: int, seed: int, workers: int = 1,
-              formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS) -> np.ndarray:
+              formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS,
+              native_share: float = UPLOAD_BANK_NATIVE_SHARE) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (copies, N, H, W, 3) uint8: each picture as ``copies`` random clients upload it,
-    each client sending one of ``formats``."""
+    each client sending one of ``formats``, at the picture's size with probability ``native_share``."""
     if copies < 1:
         raise ValueError("an upload bank needs at least one copy per image")
     chunk = 500
-    tasks = [(pictures[start:start + chunk], start, copies, seed, tuple(formats))
+    tasks = [(pictures[start:start + chunk], start, copies, seed, tuple(formats), native_share)
              for start in range(0, len(pictures), chunk)]
     if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -116,19 +118,22 @@ def make_bank(pictures: np.ndarray, copies: int, seed: int, workers: int = 1,
     return np.concatenate(parts, axis=1) if parts else np.empty((copies, *pictures.shape), dtype=np.uint8)
 
 
-def _cache_file(pictures: np.ndarray, copies: int, seed: int, formats: tuple[str, ...]) -> Path:
+def _cache_file(pictures: np.ndarray, copies: int, seed: int, formats: tuple[str, ...], native_share: float) -> Path:
     key = f"v{BANK_FORMAT}|{copies}|{seed}|{pictures.shape}|{Image.__version__}|{images.RESAMPLE.name}"
-    if tuple(formats) != UPLOAD_BANK_DEFAULT_FORMATS:  # the default's key as before: its caches stay valid
+    if tuple(formats) != UPLOAD_BANK_DEFAULT_FORMATS:  # the defaults' key as before: their caches stay valid
         key += f"|{','.join(formats)}"
+    if native_share != UPLOAD_BANK_NATIVE_SHARE:
+        key += f"|native {native_share!r}"
     digest = hashlib.sha256(key.encode())
     digest.update(np.ascontiguousarray(pictures).data)
     return default_cache_dir() / f"upload-bank-{digest.hexdigest()[:20]}.npy"
 
 
 def load_bank(pictures: np.ndarray, copies: int, seed: int, workers: int | None = None, say=print,
-              formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS) -> np.ndarray:
+              formats: tuple[str, ...] = UPLOAD_BANK_DEFAULT_FORMATS,
+              native_share: float = UPLOAD_BANK_NATIVE_SHARE) -> np.ndarray:
     """``make_bank`` through the on-disk cache (a damaged cache file is rebuilt, never trusted)."""
-    path = _cache_file(pictures, copies, seed, formats)
+    path = _cache_file(pictures, copies, seed, formats, native_share)
     expected = (copies, *pictures.shape)
     if path.exists():
         try:
@@ -140,7 +145,7 @@ def load_bank(pictures: np.ndarray, copies: int, seed: int, workers: int | None 
     workers = workers or os.cpu_count() or 1
     say(f"upload bank: {len(pictures):,} images x {copies} client uploads through the service's decode "
         f"({workers} processes; cached as {path})")
-    bank = make_bank(pictures, copies, seed, workers, formats)
+    bank = make_bank(pictures, copies, seed, workers, formats, native_share)
     try:
         atomic_write(path, lambda f: np.save(f, bank))
     except OSError:
