@@ -485,6 +485,9 @@ def robustness_table(src: Sources, where: str, command: str, every_model: bool) 
         text += (f"\n\nContent-preserving variants more than {DEFAULT_MAX_UPLOAD_DROP_POINTS:g} point(s) below native:"
                  "\n\n" + "\n".join(over))
     text += "\n\n" + header(data, where, f"{data.get('images', '?')} test images")
+    added = list(dict.fromkeys(a["command"] for a in data.get("added", []) if isinstance(a, dict) and a.get("command")))
+    if added:  # models measured later with --add, merged into the file: their commands remake their rows
+        text += "; then " + ", ".join(code(c) for c in added)
     missing = sorted(set(manifest["models"]) - set(measured))
     if every_model and missing:
         text += "\n\nNot measured yet: " + ", ".join(map(code, missing)) + "."

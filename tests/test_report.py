@@ -285,3 +285,17 @@ def test_the_floor_table_splits_a_variants_cost_into_what_training_wins_back_and
     code, _, err = check(repo, capsys)
     assert code != 0 and "floor.json has no accuracy trained on stored, tested on variant with TTA none" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_robustness_footer_gives_the_commands_that_added_models_to_the_file(repo, capsys):
+    """A model merged in later with --add is remade by its own command, not the file's first one."""
+    path = repo / "benchmarks" / "results" / "upload_robustness_2000.json"
+    data = json.loads(path.read_text())
+    later = "python benchmarks/upload_robustness.py --images 2000 --models some_model --add"
+    data["added"] = [{"command": later, "models": ["some_model"]}, {"command": later, "models": ["some_model"]}]
+    path.write_text(json.dumps(data))
+    assert report.main(["--root", str(repo)]) == 0
+    capsys.readouterr()
+    footer = next(line for line in (repo / "docs" / "benchmarks.md").read_text().splitlines()
+                  if line.startswith("`benchmarks/results/upload_robustness_2000.json`"))
+    assert footer.endswith(f"`{data['command']}`; then `{later}`")
