@@ -335,7 +335,11 @@ RECIPES["whitened_vgg_fast_soup_palettes"] = dataclasses.replace(
 # the same recipe on the stored images, where the clean model scores 84.35% on the re-saves (docs/runs/wvf_x1_jpeg_q50):
 # about 4.3 of its 6.5 points are learnable, 2.2 are gone. So: twice the bank's share of 32x32 uploads (six in ten,
 # each among JPEG 4:2:0, 4:4:4, WebP, palette and GIF), the teacher shown the stored image's view (a teacher
-# shown the re-save answers as badly as the student), otherwise as whitened_vgg_fast_soup_palettes.
+# shown the re-save answers as badly as the student), otherwise as whitened_vgg_fast_soup_palettes. Not shipped:
+# 91.94% against the soup's 92.15% (averaged back with the soup: 92.05%), 8 epochs of ~410-480 s in fp32 after ~12 min
+# making the bank. On the first 2,000 test images (paired, fp32 files, docs/runs/wvf_soup_resaves/probe_2000_images.txt)
+# JPEG q50 re-saves cost 4.60 points against the soup's 5.35: twice the 32x32 share won back 0.75 of the ~4 learnable
+# points; palettes and GIFs went from -1.25 to -0.30, WebP q50 from -1.70 to -1.40.
 RECIPES["whitened_vgg_fast_soup_resaves"] = dataclasses.replace(
     RECIPES["whitened_vgg_fast_soup_palettes"], teacher_sees_damage=False,
     augment=dataclasses.replace(RECIPES["whitened_vgg_fast_soup_palettes"].augment, upload_bank_native_share=0.6),
